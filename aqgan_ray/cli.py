@@ -1,0 +1,282 @@
+"""The ``aqgan-ray`` command line (see shared/CONTRACT.md and the README).
+
+Conventions: ``--json`` prints exactly one JSON object on stdout while progress bars and logs go
+to stderr; bad input exits 2 with one ``error: ...`` line and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from aqgan_ray.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("experiment")
+    g.add_argument("--experiment", default=None, help="preset name (default: default)")
+    g.add_argument("--config", default=None, metavar="PATH", help="a preset file instead")
+    g.add_argument("--model", default=None, help="override the preset's model")
+    g.add_argument("--dataset", default=None, help="override the preset's dataset")
+    g.add_argument("--data-dir", default=None, help="directory holding the dataset")
+    g.add_argument("--seed", type=int, default=None, help="override the preset's seed")
+    g.add_argument("--results", default="results", metavar="DIR",
+                   help="runs write to DIR/<experiment>/ (default: results)")
+    g.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="trained models and calibration (default: $AQGAN_RAY_CACHE or "
+                        "~/.cache/aqgan-ray)")
+    g.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--uniform", type=int, metavar="B", help="every layer at B bits")
+    which.add_argument("--bits", metavar="JSON",
+                       help='{"w_bits": [...], "a_bits": [...]} or a file holding it')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="aqgan-ray", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("prepare", help="dataset, base model, layer table, calibration")
+    _common(p)
+    p = sub.add_parser("evaluate", help="accuracy and hardware costs of one config")
+    _common(p)
+    _config_args(p)
+    p = sub.add_parser("cost", help="hardware costs of one config (no evaluation)")
+    _common(p)
+    _config_args(p)
+    p = sub.add_parser("run", help="the experiment end to end")
+    _common(p)
+    p = sub.add_parser("bench", help="benchmarks that print measured times and ratios")
+    _common(p)
+    p.add_argument("name", choices=["eval"], help="eval: quantized evaluation vs FP32 forward")
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
+    p.add_argument("--output", default=None, metavar="PATH",
+                   help="also write the figures to this Parquet file")
+    return parser
+
+
+def _experiment(args: argparse.Namespace):
+    from aqgan_ray.settings import load_experiment
+
+    if args.experiment is not None and args.config is not None:
+        raise UserError("give either --experiment or --config, not both")
+    return load_experiment(args.experiment, args.config, model=args.model, dataset=args.dataset,
+                           seed=args.seed, data_dir=args.data_dir)
+
+
+def _run_dir(args: argparse.Namespace, name: str) -> Path:
+    """``DIR/<experiment>/``, created; refused with a clear message when it cannot be written."""
+    path = Path(args.results) / name
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"results directory {path} is not writable ({exc.strerror}); "
+                        "pass --results DIR to write elsewhere") from None
+    return path
+
+
+def _prepare(args: argparse.Namespace):
+    from aqgan_ray.prepare import prepare
+
+    exp = _experiment(args)
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    prepared, splits = prepare(exp, cache, progress=True)
+    return exp, prepared, splits
+
+
+def _parse_config(args: argparse.Namespace, layer_names: Sequence[str], choices: Sequence[int]):
+    from aqgan_ray.config import QuantConfig, parse_bits
+
+    if args.uniform is not None:
+        config = QuantConfig.uniform(layer_names, args.uniform)
+    else:
+        config = parse_bits(args.bits, layer_names)
+    return config.validate(choices)
+
+
+def cmd_prepare(args: argparse.Namespace) -> dict[str, Any]:
+    exp, prepared, splits = _prepare(args)
+    out_dir = _run_dir(args, exp.name)
+    layers = [layer.to_dict() for layer in prepared.layers]
+    (out_dir / "layers.json").write_text(json.dumps(layers, indent=1))
+    result = {
+        "model": exp.model.name,
+        "dataset": exp.data.name,
+        "layers": layers,
+        "fp_val_acc": prepared.fp_val_acc,
+        "fp_test_acc": prepared.fp_test_acc,
+        "checkpoint": prepared.checkpoint,
+        "splits": {"train": len(splits.train_x), "val": len(splits.val_x),
+                   "test": len(splits.test_x), "calib": len(splits.calib_x)},
+        "bit_choices": list(exp.quant.bit_choices),
+    }
+    if not args.json:
+        import pandas as pd
+
+        table = pd.DataFrame(layers)[["name", "kind", "in_channels", "out_channels", "kernel",
+                                      "stride", "groups", "in_h", "out_h", "params", "macs"]]
+        print(table.to_string(index=False))
+        print(f"\n{exp.model.name} on {exp.data.name}: {len(layers)} quantizable layers, "
+              f"{sum(r['params'] for r in layers):,} weights, {sum(r['macs'] for r in layers):,} MACs")
+        print(f"full precision: val {prepared.fp_val_acc:.4f}, test {prepared.fp_test_acc:.4f}")
+        print(f"checkpoint: {prepared.checkpoint}")
+    return result
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from aqgan_ray.cost import config_costs
+    from aqgan_ray.evaluate import Evaluator
+
+    exp, prepared, splits = _prepare(args)
+    config = _parse_config(args, prepared.layer_names, exp.quant.bit_choices)
+    evaluator = Evaluator.from_splits(prepared, splits)
+    result = evaluator.evaluate(config, with_test=True)
+    out = {
+        "config_hash": config.hash,
+        **config.to_dict(),
+        "val_acc": result.val_acc,
+        "test_acc": result.test_acc,
+        "fp_val_acc": prepared.fp_val_acc,
+        "fp_test_acc": prepared.fp_test_acc,
+        "eval_s": result.eval_s,
+        "cost": config_costs(prepared.layers, config),
+    }
+    if not args.json:
+        print(f"config {config.hash}: val_acc {result.val_acc:.4f} (float {prepared.fp_val_acc:.4f}), "
+              f"test_acc {result.test_acc:.4f} (float {prepared.fp_test_acc:.4f}), "
+              f"{result.eval_s:.2f} s")
+        print(_cost_text(out["cost"]))
+    return out
+
+
+def _static_layers(args: argparse.Namespace):
+    """The layer table from the architecture alone: pricing a config needs no trained model."""
+    from aqgan_ray.data import DATASET_SHAPES
+    from aqgan_ray.layers import layer_table
+    from aqgan_ray.models import build_model
+
+    exp = _experiment(args)
+    shape, classes = DATASET_SHAPES[exp.data.name]
+    model = build_model(exp.model.name, classes, shape, exp.model.width)
+    return exp, layer_table(model, shape)
+
+
+def cmd_cost(args: argparse.Namespace) -> dict[str, Any]:
+    from aqgan_ray.cost import config_costs
+
+    exp, layers = _static_layers(args)
+    config = _parse_config(args, [layer.name for layer in layers], exp.quant.bit_choices)
+    cost = config_costs(layers, config)
+    if not args.json:
+        print(_cost_text(cost))
+    return {"config_hash": config.hash, **config.to_dict(), "cost": cost}
+
+
+def _cost_text(cost: dict[str, Any]) -> str:
+    lines = [f"size {cost['size_bytes'] / 1024:.1f} KiB, {cost['bitops'] / 1e9:.3f} GBitOps"]
+    for hw, metrics in cost.items():
+        if isinstance(metrics, dict):
+            lines.append(f"{hw}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
+    """What the pipeline runs today: prepare, then every uniform bitwidth, evaluated and priced.
+
+    Collection, AQGAN and the baselines join this command as they land (issues 3-6).
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from aqgan_ray.config import QuantConfig
+    from aqgan_ray.cost import config_costs
+    from aqgan_ray.evaluate import Evaluator
+
+    exp, prepared, splits = _prepare(args)
+    out_dir = _run_dir(args, exp.name)
+    evaluator = Evaluator.from_splits(prepared, splits)
+    rows = []
+    for bits in tqdm(sorted(exp.quant.bit_choices, reverse=True), desc="uniform configs",
+                     unit="config"):
+        config = QuantConfig.uniform(prepared.layer_names, bits)
+        res = evaluator.evaluate(config, with_test=True)
+        cost = config_costs(prepared.layers, config)
+        rows.append({
+            "bits": bits, "val_acc": res.val_acc, "test_acc": res.test_acc,
+            "size_kib": cost["size_bytes"] / 1024, "gbitops": cost["bitops"] / 1e9,
+            **{f"{hw}_latency_ms": cost[hw]["latency_ms"]
+               for hw in ("bitfusion", "bismo-edge", "bismo-cloud")},
+            "bitfusion_energy_mj": cost["bitfusion"]["energy_mj"],
+        })
+    table = pd.DataFrame(rows)
+    (out_dir / "uniform.json").write_text(table.to_json(orient="records", indent=1))
+    if not args.json:
+        print(f"\n{exp.model.name} on {exp.data.name}, float: val {prepared.fp_val_acc:.4f}, "
+              f"test {prepared.fp_test_acc:.4f}")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(f"\nwritten: {out_dir / 'uniform.json'}")
+    return {"experiment": exp.name, "fp_val_acc": prepared.fp_val_acc,
+            "fp_test_acc": prepared.fp_test_acc, "uniform": rows,
+            "report": {"uniform": str(out_dir / "uniform.json")}}
+
+
+def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from aqgan_ray.bench import bench_eval
+
+    if args.repeats < 1:
+        raise UserError("--repeats must be at least 1")
+    exp, prepared, splits = _prepare(args)
+    figures = bench_eval(prepared, splits, repeats=args.repeats)
+    if args.output:
+        from aqgan_ray.store import write_table
+
+        write_table([figures], Path(args.output))
+    if not args.json:
+        for key, value in figures.items():
+            print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+    return figures
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "prepare": cmd_prepare,
+    "evaluate": cmd_evaluate,
+    "cost": cmd_cost,
+    "run": cmd_run,
+    "bench": cmd_bench,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; what was written so far is kept", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

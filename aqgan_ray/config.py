@@ -1,0 +1,103 @@
+"""``QuantConfig``: the one object passed between search methods, evaluators and cost models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aqgan_ray.errors import UserError
+
+DEFAULT_BIT_CHOICES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+# Why 2..16: a signed 1-bit symmetric quantizer has no non-zero level, so weights need >= 2 bits;
+# above 16 bits linear quantization is indistinguishable from float for these models.
+MIN_BITS, MAX_BITS = 2, 16
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Per-layer weight and activation bitwidths, keyed by layer name (layer-table order).
+
+    ``a_bits[i]`` is the precision of the activation *entering* layer i (as in HAQ), so the
+    layer's multiply-accumulates are ``w_bits[i] x a_bits[i]``.
+    """
+
+    layers: tuple[str, ...]
+    w_bits: tuple[int, ...]
+    a_bits: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(str(name) for name in self.layers))
+        n = len(self.layers)
+        if len(self.w_bits) != n or len(self.a_bits) != n:
+            raise UserError(
+                f"config has {len(self.w_bits)} weight and {len(self.a_bits)} activation "
+                f"bitwidths but the model has {n} quantizable layers; give one entry per layer"
+            )
+        object.__setattr__(self, "w_bits", tuple(int(b) for b in self.w_bits))
+        object.__setattr__(self, "a_bits", tuple(int(b) for b in self.a_bits))
+
+    @classmethod
+    def uniform(cls, layers: Sequence[str], bits: int, a_bits: int | None = None) -> QuantConfig:
+        n = len(layers)
+        return cls(tuple(layers), (bits,) * n, ((a_bits if a_bits is not None else bits),) * n)
+
+    @property
+    def hash(self) -> str:
+        """Stable content hash: same layers and bits give the same hash on every machine."""
+        payload = json.dumps(
+            {"layers": list(self.layers), "w_bits": list(self.w_bits), "a_bits": list(self.a_bits)},
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def validate(self, choices: Sequence[int]) -> QuantConfig:
+        """Raise a UserError naming the first bitwidth that is not an allowed choice."""
+        allowed = set(choices)
+        for kind, bits in (("w_bits", self.w_bits), ("a_bits", self.a_bits)):
+            for i, b in enumerate(bits):
+                if b not in allowed:
+                    raise UserError(
+                        f"{kind}[{i}] = {b} (layer {self.layers[i]}) is not one of the allowed "
+                        f"bitwidths {sorted(allowed)}"
+                    )
+        return self
+
+    def to_dict(self) -> dict:
+        return {"w_bits": list(self.w_bits), "a_bits": list(self.a_bits)}
+
+
+def validate_choices(choices: Sequence[int]) -> tuple[int, ...]:
+    out = tuple(sorted({int(b) for b in choices}))
+    if not out or out[0] < MIN_BITS or out[-1] > MAX_BITS:
+        raise UserError(
+            f"bit choices {list(choices)} must be a non-empty set within {MIN_BITS}..{MAX_BITS}"
+        )
+    return out
+
+
+def parse_bits(text: str, layers: Sequence[str]) -> QuantConfig:
+    """Parse ``--bits``: a JSON object ``{"w_bits": [...], "a_bits": [...]}`` or a file path."""
+    source = "--bits"
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise UserError(f"--bits {text!r} is neither a JSON object nor an existing file")
+        stripped, source = path.read_text(), str(path)
+    try:
+        obj = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{source} is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(obj, Mapping) or not {"w_bits", "a_bits"} <= obj.keys():
+        raise UserError(f'{source} must be an object {{"w_bits": [...], "a_bits": [...]}}')
+    w, a = obj["w_bits"], obj["a_bits"]
+    for key, val in (("w_bits", w), ("a_bits", a)):
+        if not isinstance(val, list) or not all(isinstance(b, int) for b in val):
+            raise UserError(f"{source}: {key} must be a list of integers, one per layer")
+    return QuantConfig(tuple(layers), tuple(w), tuple(a))

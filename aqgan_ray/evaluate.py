@@ -1,0 +1,93 @@
+"""The evaluator: accuracy of one QuantConfig, the same code in-process and in Ray actors.
+
+It holds one quantized model and the images it scores on; a config costs one pass over the
+validation split (plus the optional fine-tune). The test split is scored only when asked, for
+final reporting: searches never see it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from aqgan_ray.config import QuantConfig
+from aqgan_ray.data import Splits, normalize
+from aqgan_ray.prepare import Prepared
+from aqgan_ray.quant import QuantizedModel
+from aqgan_ray.settings import EvalSpec
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    config_hash: str
+    val_acc: float
+    test_acc: float | None
+    eval_s: float  # wall seconds this evaluation took (fine-tune included)
+
+
+class Evaluator:
+    """Scores configs on fixed images with one model that is never copied per config."""
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        val: tuple[Tensor, Tensor],
+        test: tuple[Tensor, Tensor] | None = None,
+        train: tuple[Tensor, Tensor] | None = None,
+        spec: EvalSpec | None = None,
+    ):
+        self.prepared = prepared
+        self.spec = spec if spec is not None else prepared.experiment.eval
+        if self.spec.finetune_steps > 0 and train is None:
+            raise ValueError("fine-tuning needs training images")
+        self.val, self.test, self.train = val, test, train
+        model = prepared.folded_model().to(memory_format=torch.channels_last)
+        self.qmodel = QuantizedModel(model, prepared.layers, prepared.calibration)
+
+    @classmethod
+    def from_splits(cls, prepared: Prepared, splits: Splits, with_test: bool = True) -> Evaluator:
+        finetune = prepared.experiment.eval.finetune_steps > 0
+        return cls(
+            prepared,
+            val=(splits.val_x, splits.val_y),
+            test=(splits.test_x, splits.test_y) if with_test else None,
+            train=(splits.train_x, splits.train_y) if finetune else None,
+        )
+
+    @torch.no_grad()
+    def accuracy(self, images: Tensor, labels: Tensor) -> float:
+        """Top-1 accuracy of the model in its current (quantized or float) state."""
+        correct = 0
+        bs = self.spec.batch_size
+        mean, std = self.prepared.mean, self.prepared.std
+        for start in range(0, len(images), bs):
+            x = normalize(images[start : start + bs], mean, std)
+            logits = self.qmodel(x.contiguous(memory_format=torch.channels_last))
+            correct += (logits.argmax(1) == labels[start : start + bs]).sum().item()
+        return correct / len(images)
+
+    def evaluate(self, config: QuantConfig, with_test: bool = False) -> EvalResult:
+        if with_test and self.test is None:
+            raise ValueError("this evaluator holds no test split")
+        start = time.perf_counter()
+        spec = self.spec
+        if spec.finetune_steps > 0:
+            train_x, train_y = self.train
+            self.qmodel.finetune(
+                config, train_x, train_y, self.prepared.mean, self.prepared.std,
+                steps=spec.finetune_steps, batch_size=spec.finetune_batch_size,
+                lr=spec.finetune_lr, seed=self.prepared.experiment.seed,
+            )
+        else:
+            self.qmodel.apply(config)
+        val_acc = self.accuracy(*self.val)
+        test_acc = self.accuracy(*self.test) if with_test else None
+        return EvalResult(config.hash, val_acc, test_acc, time.perf_counter() - start)
+
+    def float_accuracy(self, images: Tensor, labels: Tensor) -> float:
+        """Accuracy of the float (BN-folded) model, leaving the evaluator in float state."""
+        self.qmodel.reset()
+        return self.accuracy(images, labels)

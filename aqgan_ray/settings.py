@@ -1,0 +1,178 @@
+"""Experiment presets: small TOML files shipped in ``aqgan_ray/presets/``, loaded into frozen
+dataclasses. A preset may be overridden on the command line (``--model``, ``--dataset``,
+``--seed``) or replaced by a file of the same format (``--config PATH``).
+
+Unknown keys are errors rather than silently ignored: a typo in a preset must not quietly run
+the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aqgan_ray.config import DEFAULT_BIT_CHOICES, validate_choices
+from aqgan_ray.data import DataSpec
+from aqgan_ray.errors import UserError
+from aqgan_ray.models import canonical_name
+from aqgan_ray.train import TrainSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "mobilenet_v2"
+    width: float = 1.0  # width multiplier (MobileNetV2, MnasNet only)
+    # A checkpoint file to start from instead of training (state dict of the zoo architecture).
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    bit_choices: tuple[int, ...] = DEFAULT_BIT_CHOICES
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How a config's accuracy is measured during search."""
+
+    batch_size: int = 1000
+    # Post-training quantization by default (finetune_steps = 0). A positive value runs HAQ's
+    # protocol in short: that many SGD steps with the config's fake quantization in the loop, on
+    # the training split, before scoring on the validation split.
+    finetune_steps: int = 0
+    finetune_batch_size: int = 128
+    finetune_lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    seed: int = 0
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    quant: QuantSpec = field(default_factory=QuantSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+
+_SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "quant": QuantSpec,
+             "eval": EvalSpec}
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("aqgan_ray") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _coerce(value: Any, target: Any, where: str) -> Any:
+    """Check a TOML value against the dataclass field's default type (TOML has few types)."""
+    if isinstance(target, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(target, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(target, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(target, tuple):
+        ok = isinstance(value, list)
+        value = tuple(value) if ok else value
+    else:  # str or optional str
+        ok = value is None or isinstance(value, str)
+    if not ok:
+        raise UserError(f"{where} = {value!r} has the wrong type; expected {type(target).__name__}")
+    return value
+
+
+def _section(cls: type, table: Any, where: str) -> Any:
+    if not isinstance(table, dict):
+        raise UserError(f"[{where}] must be a table")
+    defaults = cls()
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise UserError(f"unknown key {where}.{unknown[0]}; valid keys: {', '.join(sorted(known))}")
+    values = {k: _coerce(v, getattr(defaults, k), f"{where}.{k}") for k, v in table.items()}
+    return replace(defaults, **values)
+
+
+def parse_experiment(doc: dict[str, Any], source: str) -> Experiment:
+    known = {"name", "seed", *_SECTIONS}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise UserError(f"{source}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
+    name = doc.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise UserError(f"{source}: 'name' must be a non-empty string without '/'")
+    seed = _coerce(doc.get("seed", 0), 0, "seed")
+    try:
+        sections = {k: _section(cls, doc.get(k, {}), k) for k, cls in _SECTIONS.items()}
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+    exp = Experiment(name=name, seed=seed, **sections)
+    return _validated(exp)
+
+
+def _validated(exp: Experiment) -> Experiment:
+    """Normalise names and check values that types alone do not catch."""
+    model = replace(exp.model, name=canonical_name(exp.model.name))
+    quant = replace(exp.quant, bit_choices=validate_choices(exp.quant.bit_choices))
+    data = replace(exp.data, seed=exp.seed)
+    for section, obj in (("train", exp.train), ("eval", exp.eval)):
+        for f in fields(obj):
+            val = getattr(obj, f.name)
+            if isinstance(val, (int, float)) and not isinstance(val, bool) and val < 0:
+                raise UserError(f"{section}.{f.name} must not be negative, got {val}")
+    if exp.train.epochs < 1 or exp.train.batch_size < 1 or exp.eval.batch_size < 1:
+        raise UserError("train.epochs, train.batch_size and eval.batch_size must be at least 1")
+    return replace(exp, model=model, quant=quant, data=data)
+
+
+def load_experiment(
+    name: str | None = None,
+    path: str | None = None,
+    *,
+    model: str | None = None,
+    dataset: str | None = None,
+    seed: int | None = None,
+    data_dir: str | None = None,
+) -> Experiment:
+    """A preset by name, or a preset file, with command-line overrides applied."""
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise UserError(f"preset file {path} does not exist")
+        text, source = file.read_text(), path
+    else:
+        name = name or "default"
+        available = preset_names()
+        if name not in available:
+            raise UserError(f"unknown experiment {name!r}; presets: {', '.join(available)}")
+        text = (resources.files("aqgan_ray") / "presets" / f"{name}.toml").read_text()
+        source = f"preset {name}"
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{source} is not valid TOML: {exc}") from None
+    exp = parse_experiment(doc, source)
+    if model is not None:
+        exp = replace(exp, model=replace(exp.model, name=model))
+    if dataset is not None:
+        exp = replace(exp, data=replace(exp.data, name=dataset))
+    if data_dir is not None:
+        exp = replace(exp, data=replace(exp.data, data_dir=data_dir))
+    if seed is not None:
+        exp = replace(exp, seed=seed)
+    return _validated(exp)
+
+
+def as_dict(exp: Experiment) -> dict[str, Any]:
+    return dataclasses.asdict(exp)
