@@ -146,7 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     exp, prepared, splits = _prepare(args)
     config = _parse_config(args, prepared.layer_names, exp.quant.bit_choices)
-    evaluator = Evaluator.from_splits(prepared, splits)
+    evaluator = Evaluator.from_splits(prepared, splits, compile=False)  # one config: no compile
     result = evaluator.evaluate(config, with_test=True)
     out = {
         "config_hash": config.hash,

@@ -38,23 +38,30 @@ class Evaluator:
         test: tuple[Tensor, Tensor] | None = None,
         train: tuple[Tensor, Tensor] | None = None,
         spec: EvalSpec | None = None,
+        compile: bool | None = None,
     ):
+        """``compile`` (default: the preset's ``eval.compile``) pays a one-off TorchInductor
+        compilation, worth it for a process that evaluates many configs, not for one."""
         self.prepared = prepared
         self.spec = spec if spec is not None else prepared.experiment.eval
+        self.compiled = self.spec.compile if compile is None else compile
         if self.spec.finetune_steps > 0 and train is None:
             raise ValueError("fine-tuning needs training images")
         self.val, self.test, self.train = val, test, train
         model = prepared.folded_model().to(memory_format=torch.channels_last)
-        self.qmodel = QuantizedModel(model, prepared.layers, prepared.calibration)
+        self.qmodel = QuantizedModel(model, prepared.layers, prepared.calibration, self.compiled)
 
     @classmethod
-    def from_splits(cls, prepared: Prepared, splits: Splits, with_test: bool = True) -> Evaluator:
+    def from_splits(
+        cls, prepared: Prepared, splits: Splits, with_test: bool = True, compile: bool | None = None
+    ) -> Evaluator:
         finetune = prepared.experiment.eval.finetune_steps > 0
         return cls(
             prepared,
             val=(splits.val_x, splits.val_y),
             test=(splits.test_x, splits.test_y) if with_test else None,
             train=(splits.train_x, splits.train_y) if finetune else None,
+            compile=compile,
         )
 
     @torch.no_grad()
@@ -65,7 +72,11 @@ class Evaluator:
         mean, std = self.prepared.mean, self.prepared.std
         for start in range(0, len(images), bs):
             x = normalize(images[start : start + bs], mean, std)
-            logits = self.qmodel(x.contiguous(memory_format=torch.channels_last))
+            n = len(x)
+            if self.compiled and n < bs:
+                # A smaller last batch would make the compiled model specialise once more.
+                x = torch.cat([x, x.new_zeros((bs - n, *x.shape[1:]))])
+            logits = self.qmodel(x.contiguous(memory_format=torch.channels_last))[:n]
             correct += (logits.argmax(1) == labels[start : start + bs]).sum().item()
         return correct / len(images)
 

@@ -47,8 +47,9 @@ def fake_quant_act(x: Tensor, scale: float, qmin: int, qmax: int) -> Tensor:
     """Quantize-dequantize an activation tensor per tensor (zero point 0).
 
     Under autograd this is PyTorch's fused op (straight-through gradient, for fine-tuning). For
-    evaluation, four in-place passes over one new tensor are twice as fast on CPU as the fused
-    kernel, which also computes a gradient mask; both round half to even, so results match.
+    eager evaluation, four in-place passes over one new tensor are twice as fast on CPU as the
+    fused kernel, which also computes a gradient mask. All paths compute round(x * (1/scale))
+    with ties to even, like the fused kernel, so they agree bit for bit.
     """
     if torch.is_grad_enabled() and x.requires_grad:
         return torch.fake_quantize_per_tensor_affine(x, scale, 0, qmin, qmax)
@@ -178,13 +179,23 @@ def calibrate(
 class QuantizedModel:
     """A BN-folded model whose quantizable layers follow the config last given to ``apply``.
 
-    The model is never copied per config: one float copy of the quantizable weights is kept, and
+    The model is never copied per config: one float copy of the parameters is kept, and
     ``apply`` writes each layer's quantized weights in place (only for layers whose weight
     bitwidth changed since the last config). Activation quantization is a forward pre-hook per
-    layer reading the current (scale, range) from a list.
+    layer that reads its scale and integer range from small tensors, also updated in place.
+
+    Keeping every per-config value in tensors is what makes ``compile=True`` work: TorchInductor
+    fuses each fake-quant into the neighbouring element-wise kernel, so quantized inference costs
+    about what float inference does, and a new config never triggers a recompilation.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[Layer], calibration: Calibration):
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[Layer],
+        calibration: Calibration,
+        compile: bool = False,
+    ):
         if tuple(l.name for l in layers) != calibration.layers:
             raise ValueError("calibration was computed for a different layer table")
         self.model = model.eval()
@@ -195,23 +206,38 @@ class QuantizedModel:
         self._fp_params = {k: v.detach().clone() for k, v in model.named_parameters()}
         self._weight_keys = [f"{n}.weight" for n in self.layer_names]
         self._w_bits: list[int | None] = [None] * len(self._modules)  # None: float weights
-        self._act: list[tuple[float, int, int] | None] = [None] * len(self._modules)
+        n = len(self._modules)
+        self._inv_scale, self._scale = torch.ones(n), torch.ones(n)
+        self._qmin, self._qmax = torch.zeros(n), torch.zeros(n)
+        self._quantize_acts = False
+        self._eager_params: list[tuple[float, int, int]] = []
         self._hooks = [m.register_forward_pre_hook(self._act_hook(i))
                        for i, m in enumerate(self._modules)]
+        self._forward = torch.compile(self.model) if compile else self.model
         self.config: QuantConfig | None = None
         self._finetuned = False  # biases and weights differ from the float ones
 
     def _act_hook(self, i: int):
         def hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
-            params = self._act[i]
-            if params is None:
+            if not self._quantize_acts:
                 return None
-            return (fake_quant_act(args[0], *params),)
+            x = args[0]
+            if torch.compiler.is_compiling():
+                q = torch.clamp(torch.round(x * self._inv_scale[i]), self._qmin[i], self._qmax[i])
+                return (q * self._scale[i],)
+            return (fake_quant_act(x, *self._eager_params[i]),)
         return hook
 
-    def _act_params(self, i: int, bits: int) -> tuple[float, int, int]:
-        qmin, qmax = act_range(bits, self.calibration.act_signed[i])
-        return self.calibration.act_scale[i][bits], qmin, qmax
+    def _set_acts(self, a_bits: Sequence[int]) -> None:
+        """Activation quantizers of ``a_bits``, as floats (eager) and as tensors (compiled)."""
+        self._eager_params = []
+        for i, bits in enumerate(a_bits):
+            qmin, qmax = act_range(bits, self.calibration.act_signed[i])
+            scale = self.calibration.act_scale[i][bits]
+            self._eager_params.append((scale, qmin, qmax))
+            self._scale[i], self._inv_scale[i] = scale, 1.0 / scale
+            self._qmin[i], self._qmax[i] = qmin, qmax
+        self._quantize_acts = True
 
     def _check(self, config: QuantConfig) -> None:
         if config.layers != self.layer_names:
@@ -229,7 +255,7 @@ class QuantizedModel:
                 scale = self.calibration.weight_scale[i][bits]
                 module.weight.copy_(fake_quant_weight(self._fp_params[key], scale, bits))
                 self._w_bits[i] = bits
-            self._act[i] = self._act_params(i, config.a_bits[i])
+        self._set_acts(config.a_bits)
         self.config = config
 
     @torch.no_grad()
@@ -239,7 +265,7 @@ class QuantizedModel:
         for key, value in self._fp_params.items():
             params[key].copy_(value)
         self._w_bits = [None] * len(self._modules)
-        self._act = [None] * len(self._modules)
+        self._quantize_acts = False
         self.config = None
         self._finetuned = False
 
@@ -267,8 +293,7 @@ class QuantizedModel:
         weight_bits = dict(zip(self._weight_keys, config.w_bits, strict=True))
         scales = {k: self.calibration.weight_scale[i][b]
                   for i, (k, b) in enumerate(weight_bits.items())}
-        for i in range(len(self._modules)):
-            self._act[i] = self._act_params(i, config.a_bits[i])
+        self._set_acts(config.a_bits)
         optimizer = torch.optim.SGD(master.values(), lr=lr, momentum=0.9)
 
         def quantized(params: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -293,4 +318,4 @@ class QuantizedModel:
         self.config = config
 
     def __call__(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        return self._forward(x)

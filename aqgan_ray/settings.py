@@ -45,6 +45,9 @@ class EvalSpec:
     """How a config's accuracy is measured during search."""
 
     batch_size: int = 1000
+    # Compile the quantized model with TorchInductor in processes that evaluate many configs:
+    # about 30 s once, then quantized inference runs at float speed (see `aqgan-ray bench eval`).
+    compile: bool = True
     # Post-training quantization by default (finetune_steps = 0). A positive value runs HAQ's
     # protocol in short: that many SGD steps with the config's fake quantization in the loop, on
     # the training split, before scoring on the validation split.
