@@ -43,8 +43,9 @@ def bench_eval(prepared: Prepared, splits: Splits, repeats: int = 5) -> dict[str
     names = prepared.layer_names
 
     def random_config() -> QuantConfig:
-        return QuantConfig(names, tuple(rng.choice(choices, len(names))),
-                           tuple(rng.choice(choices, len(names))))
+        return QuantConfig(
+            names, tuple(rng.choice(choices, len(names))), tuple(rng.choice(choices, len(names)))
+        )
 
     eager = Evaluator(prepared, val=(x, y), compile=False)
 

@@ -31,19 +31,34 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default=None, help="override the preset's dataset")
     g.add_argument("--data-dir", default=None, help="directory holding the dataset")
     g.add_argument("--seed", type=int, default=None, help="override the preset's seed")
-    g.add_argument("--results", default="results", metavar="DIR",
-                   help="runs write to DIR/<experiment>/ (default: results)")
-    g.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="trained models and calibration (default: $AQGAN_RAY_CACHE or "
-                        "~/.cache/aqgan-ray)")
+    g.add_argument(
+        "--results",
+        default="results",
+        metavar="DIR",
+        help="runs write to DIR/<experiment>/ (default: results)",
+    )
+    g.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="trained models and calibration (default: $AQGAN_RAY_CACHE or ~/.cache/aqgan-ray)",
+    )
     g.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--uniform", type=int, metavar="B", help="every layer at B bits")
-    which.add_argument("--bits", metavar="JSON",
-                       help='{"w_bits": [...], "a_bits": [...]} or a file holding it')
+    which.add_argument(
+        "--bits", metavar="JSON", help='{"w_bits": [...], "a_bits": [...]} or a file holding it'
+    )
+    p.add_argument(
+        "--hw",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also price on this hardware model (e.g. table:PATH); repeatable",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("name", choices=["eval"], help="eval: quantized evaluation vs FP32 forward")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
-    p.add_argument("--output", default=None, metavar="PATH",
-                   help="also write the figures to this Parquet file")
+    p.add_argument(
+        "--output", default=None, metavar="PATH", help="also write the figures to this Parquet file"
+    )
     return parser
 
 
@@ -74,8 +90,14 @@ def _experiment(args: argparse.Namespace):
 
     if args.experiment is not None and args.config is not None:
         raise UserError("give either --experiment or --config, not both")
-    return load_experiment(args.experiment, args.config, model=args.model, dataset=args.dataset,
-                           seed=args.seed, data_dir=args.data_dir)
+    return load_experiment(
+        args.experiment,
+        args.config,
+        model=args.model,
+        dataset=args.dataset,
+        seed=args.seed,
+        data_dir=args.data_dir,
+    )
 
 
 def _run_dir(args: argparse.Namespace, name: str) -> Path:
@@ -87,8 +109,10 @@ def _run_dir(args: argparse.Namespace, name: str) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"results directory {path} is not writable ({exc.strerror}); "
-                        "pass --results DIR to write elsewhere") from None
+        raise UserError(
+            f"results directory {path} is not writable ({exc.strerror}); "
+            "pass --results DIR to write elsewhere"
+        ) from None
     return path
 
 
@@ -123,25 +147,43 @@ def cmd_prepare(args: argparse.Namespace) -> dict[str, Any]:
         "fp_val_acc": prepared.fp_val_acc,
         "fp_test_acc": prepared.fp_test_acc,
         "checkpoint": prepared.checkpoint,
-        "splits": {"train": len(splits.train_x), "val": len(splits.val_x),
-                   "test": len(splits.test_x), "calib": len(splits.calib_x)},
+        "splits": {
+            "train": len(splits.train_x),
+            "val": len(splits.val_x),
+            "test": len(splits.test_x),
+            "calib": len(splits.calib_x),
+        },
         "bit_choices": list(exp.quant.bit_choices),
     }
     if not args.json:
         import pandas as pd
 
-        table = pd.DataFrame(layers)[["name", "kind", "in_channels", "out_channels", "kernel",
-                                      "stride", "groups", "in_h", "out_h", "params", "macs"]]
+        table = pd.DataFrame(layers)[
+            [
+                "name",
+                "kind",
+                "in_channels",
+                "out_channels",
+                "kernel",
+                "stride",
+                "groups",
+                "in_h",
+                "out_h",
+                "params",
+                "macs",
+            ]
+        ]
         print(table.to_string(index=False))
-        print(f"\n{exp.model.name} on {exp.data.name}: {len(layers)} quantizable layers, "
-              f"{sum(r['params'] for r in layers):,} weights, {sum(r['macs'] for r in layers):,} MACs")
+        print(
+            f"\n{exp.model.name} on {exp.data.name}: {len(layers)} quantizable layers, "
+            f"{sum(r['params'] for r in layers):,} weights, {sum(r['macs'] for r in layers):,} MACs"
+        )
         print(f"full precision: val {prepared.fp_val_acc:.4f}, test {prepared.fp_test_acc:.4f}")
         print(f"checkpoint: {prepared.checkpoint}")
     return result
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from aqgan_ray.cost import config_costs
     from aqgan_ray.evaluate import Evaluator
 
     exp, prepared, splits = _prepare(args)
@@ -156,12 +198,15 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "fp_val_acc": prepared.fp_val_acc,
         "fp_test_acc": prepared.fp_test_acc,
         "eval_s": result.eval_s,
-        "cost": config_costs(prepared.layers, config),
+        "cost": _costs(args, prepared.layers, config, exp.quant.bit_choices),
     }
     if not args.json:
-        print(f"config {config.hash}: val_acc {result.val_acc:.4f} (float {prepared.fp_val_acc:.4f}), "
-              f"test_acc {result.test_acc:.4f} (float {prepared.fp_test_acc:.4f}), "
-              f"{result.eval_s:.2f} s")
+        print(
+            f"config {config.hash}: val_acc {result.val_acc:.4f} "
+            f"(float {prepared.fp_val_acc:.4f}), "
+            f"test_acc {result.test_acc:.4f} (float {prepared.fp_test_acc:.4f}), "
+            f"{result.eval_s:.2f} s"
+        )
         print(_cost_text(out["cost"]))
     return out
 
@@ -179,14 +224,28 @@ def _static_layers(args: argparse.Namespace):
 
 
 def cmd_cost(args: argparse.Namespace) -> dict[str, Any]:
-    from aqgan_ray.cost import config_costs
-
     exp, layers = _static_layers(args)
     config = _parse_config(args, [layer.name for layer in layers], exp.quant.bit_choices)
-    cost = config_costs(layers, config)
+    cost = _costs(args, layers, config, exp.quant.bit_choices)
     if not args.json:
         print(_cost_text(cost))
     return {"config_hash": config.hash, **config.to_dict(), "cost": cost}
+
+
+def _costs(args: argparse.Namespace, layers, config, choices) -> dict[str, Any]:
+    """The contract's cost object, plus any ``--hw`` model it does not already hold."""
+    import numpy as np
+
+    from aqgan_ray.cost import config_costs, get_hw_model
+
+    cost = config_costs(layers, config)
+    for name in args.hw:
+        model = get_hw_model(name, layers, choices)
+        if name in cost:
+            continue
+        values = model.batch(layers, np.asarray([config.w_bits]), np.asarray([config.a_bits]))
+        cost[name] = {metric: float(v[0]) for metric, v in values.items()}
+    return cost
 
 
 def _cost_text(cost: dict[str, Any]) -> str:
@@ -213,28 +272,42 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = _run_dir(args, exp.name)
     evaluator = Evaluator.from_splits(prepared, splits)
     rows = []
-    for bits in tqdm(sorted(exp.quant.bit_choices, reverse=True), desc="uniform configs",
-                     unit="config"):
+    for bits in tqdm(
+        sorted(exp.quant.bit_choices, reverse=True), desc="uniform configs", unit="config"
+    ):
         config = QuantConfig.uniform(prepared.layer_names, bits)
         res = evaluator.evaluate(config, with_test=True)
         cost = config_costs(prepared.layers, config)
-        rows.append({
-            "bits": bits, "val_acc": res.val_acc, "test_acc": res.test_acc,
-            "size_kib": cost["size_bytes"] / 1024, "gbitops": cost["bitops"] / 1e9,
-            **{f"{hw}_latency_ms": cost[hw]["latency_ms"]
-               for hw in ("bitfusion", "bismo-edge", "bismo-cloud")},
-            "bitfusion_energy_mj": cost["bitfusion"]["energy_mj"],
-        })
+        rows.append(
+            {
+                "bits": bits,
+                "val_acc": res.val_acc,
+                "test_acc": res.test_acc,
+                "size_kib": cost["size_bytes"] / 1024,
+                "gbitops": cost["bitops"] / 1e9,
+                **{
+                    f"{hw}_latency_ms": cost[hw]["latency_ms"]
+                    for hw in ("bitfusion", "bismo-edge", "bismo-cloud")
+                },
+                "bitfusion_energy_mj": cost["bitfusion"]["energy_mj"],
+            }
+        )
     table = pd.DataFrame(rows)
     (out_dir / "uniform.json").write_text(table.to_json(orient="records", indent=1))
     if not args.json:
-        print(f"\n{exp.model.name} on {exp.data.name}, float: val {prepared.fp_val_acc:.4f}, "
-              f"test {prepared.fp_test_acc:.4f}")
+        print(
+            f"\n{exp.model.name} on {exp.data.name}, float: val {prepared.fp_val_acc:.4f}, "
+            f"test {prepared.fp_test_acc:.4f}"
+        )
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print(f"\nwritten: {out_dir / 'uniform.json'}")
-    return {"experiment": exp.name, "fp_val_acc": prepared.fp_val_acc,
-            "fp_test_acc": prepared.fp_test_acc, "uniform": rows,
-            "report": {"uniform": str(out_dir / "uniform.json")}}
+    return {
+        "experiment": exp.name,
+        "fp_val_acc": prepared.fp_val_acc,
+        "fp_test_acc": prepared.fp_test_acc,
+        "uniform": rows,
+        "report": {"uniform": str(out_dir / "uniform.json")},
+    }
 
 
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:

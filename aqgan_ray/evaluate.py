@@ -88,9 +88,15 @@ class Evaluator:
         if spec.finetune_steps > 0:
             train_x, train_y = self.train
             self.qmodel.finetune(
-                config, train_x, train_y, self.prepared.mean, self.prepared.std,
-                steps=spec.finetune_steps, batch_size=spec.finetune_batch_size,
-                lr=spec.finetune_lr, seed=self.prepared.experiment.seed,
+                config,
+                train_x,
+                train_y,
+                self.prepared.mean,
+                self.prepared.std,
+                steps=spec.finetune_steps,
+                batch_size=spec.finetune_batch_size,
+                lr=spec.finetune_lr,
+                seed=self.prepared.experiment.seed,
             )
         else:
             self.qmodel.apply(config)

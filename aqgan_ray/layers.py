@@ -50,9 +50,7 @@ class Layer:
 
 def quantizable_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Quantizable modules by qualified name, in registration order."""
-    return {
-        name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-    }
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
 def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> list[Layer]:

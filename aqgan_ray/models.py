@@ -76,7 +76,9 @@ def _squeezenet1_1(num_classes: int, in_ch: int, small: bool, width: float) -> n
     model = torchvision.models.squeezenet1_1(num_classes=num_classes)
     stem = model.features[0]
     model.features[0] = (
-        nn.Conv2d(in_ch, stem.out_channels, 3, stride=1, padding=1) if small else _stem_conv(stem, in_ch, 2)
+        nn.Conv2d(in_ch, stem.out_channels, 3, stride=1, padding=1)
+        if small
+        else _stem_conv(stem, in_ch, 2)
     )
     return model
 
@@ -99,8 +101,13 @@ _WIDTH_MODELS = {"mobilenet_v2", "mnasnet"}
 
 def canonical_name(name: str) -> str:
     key = name.lower().replace("-", "_")
-    aliases = {"mobilenetv2": "mobilenet_v2", "shufflenetv2": "shufflenet_v2",
-               "squeezenet": "squeezenet1_1", "mnasnet1_0": "mnasnet", "resnet_18": "resnet18"}
+    aliases = {
+        "mobilenetv2": "mobilenet_v2",
+        "shufflenetv2": "shufflenet_v2",
+        "squeezenet": "squeezenet1_1",
+        "mnasnet1_0": "mnasnet",
+        "resnet_18": "resnet18",
+    }
     key = aliases.get(key, key)
     if key not in _BUILDERS:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
@@ -175,7 +182,9 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(beta + (bias - bn.running_mean) * scale)
 
 
-def check_folding(original: nn.Module, folded: nn.Module, input_shape: tuple[int, int, int]) -> None:
+def check_folding(
+    original: nn.Module, folded: nn.Module, input_shape: tuple[int, int, int]
+) -> None:
     """Raise if folding changed what the network computes (beyond float rounding)."""
     x = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

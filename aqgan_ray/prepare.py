@@ -59,7 +59,10 @@ class Prepared:
 
     def float_model(self) -> nn.Module:
         model = build_model(
-            self.experiment.model.name, self.num_classes, self.input_shape, self.experiment.model.width
+            self.experiment.model.name,
+            self.num_classes,
+            self.input_shape,
+            self.experiment.model.width,
         )
         model.load_state_dict(self.state_dict)
         return model.eval()
@@ -88,7 +91,9 @@ def _load(path: Path, what: str) -> dict:
             "prepare again to rebuild it"
         ) from None
     if not isinstance(obj, dict):
-        raise UserError(f"{what} {path} does not hold a state dict; delete it and run prepare again")
+        raise UserError(
+            f"{what} {path} does not hold a state dict; delete it and run prepare again"
+        )
     return obj
 
 
@@ -104,7 +109,9 @@ def _load_state_dict(model: nn.Module, state: dict, path: Path) -> None:
         ) from None
 
 
-def _base_model(exp: Experiment, splits: Splits, cache: Path, progress: bool) -> tuple[nn.Module, Path]:
+def _base_model(
+    exp: Experiment, splits: Splits, cache: Path, progress: bool
+) -> tuple[nn.Module, Path]:
     """The trained float model: a user checkpoint, cached ImageNet weights, or train and cache."""
     spec = exp.model
     model = build_model(spec.name, splits.num_classes, splits.input_shape, spec.width)
@@ -138,10 +145,21 @@ def _base_model(exp: Experiment, splits: Splits, cache: Path, progress: bool) ->
     if path.is_file():
         _load_state_dict(model, _load(path, "checkpoint"), path)
         return model.eval(), path
-    print(f"training {spec.name} on {exp.data.name} ({len(splits.train_x)} images, "
-          f"{exp.train.epochs} epochs); cached at {path}", file=sys.stderr)
-    train_model(model, splits.train_x, splits.train_y, splits.mean, splits.std, exp.train,
-                seed=exp.seed, progress=progress)
+    print(
+        f"training {spec.name} on {exp.data.name} ({len(splits.train_x)} images, "
+        f"{exp.train.epochs} epochs); cached at {path}",
+        file=sys.stderr,
+    )
+    train_model(
+        model,
+        splits.train_x,
+        splits.train_y,
+        splits.mean,
+        splits.std,
+        exp.train,
+        seed=exp.seed,
+        progress=progress,
+    )
     _save({"state_dict": model.state_dict(), "key": key}, path)
     return model, path
 
@@ -168,12 +186,21 @@ def prepare(
         calibration = Calibration.from_state(state["calibration"])
         fp_val, fp_test = state["fp_val_acc"], state["fp_test_acc"]
     else:
-        calibration = calibrate(folded, layers, splits.calib_x, splits.mean, splits.std,
-                                exp.quant.bit_choices, seed=exp.seed)
+        calibration = calibrate(
+            folded,
+            layers,
+            splits.calib_x,
+            splits.mean,
+            splits.std,
+            exp.quant.bit_choices,
+            seed=exp.seed,
+        )
         fp_val = accuracy(folded, splits.val_x, splits.val_y, splits.mean, splits.std)
         fp_test = accuracy(folded, splits.test_x, splits.test_y, splits.mean, splits.std)
-        _save({"calibration": calibration.to_state(), "fp_val_acc": fp_val,
-               "fp_test_acc": fp_test}, calib_path)
+        _save(
+            {"calibration": calibration.to_state(), "fp_val_acc": fp_val, "fp_test_acc": fp_test},
+            calib_path,
+        )
     prepared = Prepared(
         experiment=exp,
         state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},

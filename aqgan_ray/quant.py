@@ -79,8 +79,9 @@ def choose_weight_scales(w: Tensor, bits: int, grid: Sequence[float] = CLIP_GRID
     return best_scale
 
 
-def choose_act_scale(sample: Tensor, bits: int, signed: bool,
-                     grid: Sequence[float] = CLIP_GRID) -> float:
+def choose_act_scale(
+    sample: Tensor, bits: int, signed: bool, grid: Sequence[float] = CLIP_GRID
+) -> float:
     """Per-tensor activation scale minimising the squared quantization error on ``sample``."""
     peak = (sample.abs().max() if signed else sample.max()).clamp_min(1e-12).item()
     qmin, qmax = act_range(bits, signed)
@@ -105,7 +106,7 @@ class Calibration:
     weight_scale: tuple[dict[int, Tensor], ...]
 
     def to_state(self) -> dict:
-        """Plain containers of tensors and numbers, loadable with ``torch.load(weights_only=True)``."""
+        """Plain tensors and numbers, loadable with ``torch.load(weights_only=True)``."""
         return {
             "layers": list(self.layers),
             "bit_choices": list(self.bit_choices),
@@ -149,9 +150,12 @@ def calibrate(
             keep = torch.randint(0, flat.numel(), (ACT_SAMPLE_PER_BATCH,), generator=gen)
             # The extremes matter for the clip search, so they are always kept.
             samples[i].append(torch.cat([flat[keep], flat.max().reshape(1), flat.min().reshape(1)]))
+
         return hook
 
-    handles = [modules[l.name].register_forward_pre_hook(observer(i)) for i, l in enumerate(layers)]
+    handles = [
+        modules[layer.name].register_forward_pre_hook(observer(i)) for i, layer in enumerate(layers)
+    ]
     try:
         model.eval()
         for start in range(0, len(calib_x), batch_size):
@@ -165,10 +169,11 @@ def calibrate(
         for i in range(len(layers))
     )
     weight_scale = tuple(
-        {b: choose_weight_scales(modules[l.name].weight, b) for b in bit_choices} for l in layers
+        {b: choose_weight_scales(modules[layer.name].weight, b) for b in bit_choices}
+        for layer in layers
     )
     return Calibration(
-        layers=tuple(l.name for l in layers),
+        layers=tuple(layer.name for layer in layers),
         bit_choices=tuple(bit_choices),
         act_signed=act_signed,
         act_scale=act_scale,
@@ -196,7 +201,7 @@ class QuantizedModel:
         calibration: Calibration,
         compile: bool = False,
     ):
-        if tuple(l.name for l in layers) != calibration.layers:
+        if tuple(layer.name for layer in layers) != calibration.layers:
             raise ValueError("calibration was computed for a different layer table")
         self.model = model.eval()
         self.calibration = calibration
@@ -211,8 +216,9 @@ class QuantizedModel:
         self._qmin, self._qmax = torch.zeros(n), torch.zeros(n)
         self._quantize_acts = False
         self._eager_params: list[tuple[float, int, int]] = []
-        self._hooks = [m.register_forward_pre_hook(self._act_hook(i))
-                       for i, m in enumerate(self._modules)]
+        self._hooks = [
+            m.register_forward_pre_hook(self._act_hook(i)) for i, m in enumerate(self._modules)
+        ]
         self._forward = torch.compile(self.model) if compile else self.model
         self.config: QuantConfig | None = None
         self._finetuned = False  # biases and weights differ from the float ones
@@ -226,6 +232,7 @@ class QuantizedModel:
                 q = torch.clamp(torch.round(x * self._inv_scale[i]), self._qmin[i], self._qmax[i])
                 return (q * self._scale[i],)
             return (fake_quant_act(x, *self._eager_params[i]),)
+
         return hook
 
     def _set_acts(self, a_bits: Sequence[int]) -> None:
@@ -291,19 +298,24 @@ class QuantizedModel:
         gen = torch.Generator().manual_seed(seed)
         master = {k: v.clone().requires_grad_(True) for k, v in self._fp_params.items()}
         weight_bits = dict(zip(self._weight_keys, config.w_bits, strict=True))
-        scales = {k: self.calibration.weight_scale[i][b]
-                  for i, (k, b) in enumerate(weight_bits.items())}
+        scales = {
+            k: self.calibration.weight_scale[i][b] for i, (k, b) in enumerate(weight_bits.items())
+        }
         self._set_acts(config.a_bits)
         optimizer = torch.optim.SGD(master.values(), lr=lr, momentum=0.9)
 
         def quantized(params: dict[str, Tensor]) -> dict[str, Tensor]:
-            return {k: fake_quant_weight(v, scales[k], weight_bits[k]) if k in weight_bits else v
-                    for k, v in params.items()}
+            return {
+                k: fake_quant_weight(v, scales[k], weight_bits[k]) if k in weight_bits else v
+                for k, v in params.items()
+            }
 
         self.model.train()
         for _ in range(steps):
             idx = torch.randint(0, len(train_x), (batch_size,), generator=gen)
-            logits = functional_call(self.model, quantized(master), (normalize(train_x[idx], mean, std),))
+            logits = functional_call(
+                self.model, quantized(master), (normalize(train_x[idx], mean, std),)
+            )
             loss = nn.functional.cross_entropy(logits, train_y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

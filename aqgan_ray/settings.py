@@ -67,8 +67,13 @@ class Experiment:
     eval: EvalSpec = field(default_factory=EvalSpec)
 
 
-_SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec, "quant": QuantSpec,
-             "eval": EvalSpec}
+_SECTIONS = {
+    "data": DataSpec,
+    "model": ModelSpec,
+    "train": TrainSpec,
+    "quant": QuantSpec,
+    "eval": EvalSpec,
+}
 
 
 def preset_names() -> list[str]:
@@ -111,7 +116,9 @@ def parse_experiment(doc: dict[str, Any], source: str) -> Experiment:
     known = {"name", "seed", *_SECTIONS}
     unknown = sorted(set(doc) - known)
     if unknown:
-        raise UserError(f"{source}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}")
+        raise UserError(
+            f"{source}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}"
+        )
     name = doc.get("name")
     if not isinstance(name, str) or not name or "/" in name:
         raise UserError(f"{source}: 'name' must be a non-empty string without '/'")

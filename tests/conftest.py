@@ -36,7 +36,11 @@ def cli(cache_dir: Path, smoke, tmp_path_factory: pytest.TempPathFactory):
     def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "aqgan_ray", *args, "--results", str(results)],
-            capture_output=True, text=True, env=env, cwd=cwd, timeout=600,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
+            timeout=600,
         )
 
     return run

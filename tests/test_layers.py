@@ -24,14 +24,24 @@ def test_layer_table_by_hand():
     assert [r.name for r in rows] == ["conv", "dw", "fc"]  # execution order
     conv, dw, fc = rows
     assert (conv.kind, conv.in_channels, conv.out_channels, conv.kernel, conv.stride) == (
-        "conv", 3, 4, 3, 2)
+        "conv",
+        3,
+        4,
+        3,
+        2,
+    )
     assert (conv.in_h, conv.in_w, conv.out_h, conv.out_w) == (8, 8, 4, 4)
     assert conv.params == 4 * 3 * 3 * 3  # 108 weights
     assert conv.macs == 108 * 4 * 4  # every weight used once per output pixel
     assert conv.reduction == 27
     assert (dw.kind, dw.groups, dw.params, dw.macs, dw.reduction) == ("dwconv", 4, 36, 36 * 16, 9)
     assert (fc.kind, fc.kernel, fc.stride, fc.in_channels, fc.out_channels) == (
-        "linear", 1, 0, 64, 10)
+        "linear",
+        1,
+        0,
+        64,
+        10,
+    )
     assert fc.params == fc.macs == 640
     assert fc.in_elems == 64 and conv.out_elems == 64
 

@@ -55,7 +55,9 @@ def test_clip_search_beats_max_abs_at_low_bits():
     for bits in (2, 4):
         best = choose_weight_scales(w, bits)
         max_abs = w.abs().amax(1) / (2 ** (bits - 1) - 1)
-        assert _mse(w, fake_quant_weight(w, best, bits)) < _mse(w, fake_quant_weight(w, max_abs, bits))
+        assert _mse(w, fake_quant_weight(w, best, bits)) < _mse(
+            w, fake_quant_weight(w, max_abs, bits)
+        )
     x = torch.randn(10000, generator=gen).relu()
     x[0] = 20.0
     s = choose_act_scale(x, 3, signed=False)
