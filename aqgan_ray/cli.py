@@ -136,8 +136,8 @@ def _parse_config(args: argparse.Namespace, layer_names: Sequence[str], choices:
 
 
 def cmd_prepare(args: argparse.Namespace) -> dict[str, Any]:
+    out_dir = _run_dir(args, _experiment(args).name)  # fail before minutes of training
     exp, prepared, splits = _prepare(args)
-    out_dir = _run_dir(args, exp.name)
     layers = [layer.to_dict() for layer in prepared.layers]
     (out_dir / "layers.json").write_text(json.dumps(layers, indent=1))
     result = {
@@ -268,8 +268,8 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     from aqgan_ray.cost import config_costs
     from aqgan_ray.evaluate import Evaluator
 
+    out_dir = _run_dir(args, _experiment(args).name)  # fail before minutes of training
     exp, prepared, splits = _prepare(args)
-    out_dir = _run_dir(args, exp.name)
     evaluator = Evaluator.from_splits(prepared, splits)
     rows = []
     for bits in tqdm(

@@ -34,8 +34,9 @@ def cli(cache_dir: Path, smoke, tmp_path_factory: pytest.TempPathFactory):
     env = {**os.environ, "AQGAN_RAY_CACHE": str(cache_dir)}
 
     def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        extra = [] if "--results" in args else ["--results", str(results)]
         return subprocess.run(
-            [sys.executable, "-m", "aqgan_ray", *args, "--results", str(results)],
+            [sys.executable, "-m", "aqgan_ray", *args, *extra],
             capture_output=True,
             text=True,
             env=env,

@@ -1,0 +1,108 @@
+"""The command line as users run it: real subprocesses, one JSON object on stdout, and a
+one-line ``error: ...`` with exit status 2 for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+
+def _ok(proc) -> dict:
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)  # exactly one JSON object, nothing else on stdout
+
+
+def _user_error(proc, fragment: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and fragment in lines[-1], lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_prepare_json(cli, smoke):
+    out = _ok(cli("prepare", "--experiment", "smoke", "--json"))
+    assert out["model"] == "mobilenet_v2" and out["dataset"] == "fashion-mnist"
+    assert len(out["layers"]) == len(smoke[1].layers) == 53
+    assert out["fp_val_acc"] == smoke[1].fp_val_acc and out["fp_test_acc"] > 0.8
+    assert {"name", "kind", "macs", "params", "stride", "groups"} <= set(out["layers"][0])
+
+
+def test_evaluate_uniform_8_and_2(cli):
+    eight = _ok(cli("evaluate", "--experiment", "smoke", "--uniform", "8", "--json"))
+    assert abs(eight["val_acc"] - eight["fp_val_acc"]) <= 0.005
+    assert set(eight["cost"]) >= {"size_bytes", "bitops", "bitfusion", "bismo-edge", "bismo-cloud"}
+    assert eight["w_bits"] == [8] * 53 and len(eight["config_hash"]) == 16
+    two = _ok(cli("evaluate", "--experiment", "smoke", "--uniform", "2", "--json"))
+    assert two["val_acc"] < eight["val_acc"] - 0.2
+    assert two["cost"]["size_bytes"] * 4 == eight["cost"]["size_bytes"]
+
+
+def test_cost_with_bits_file_and_table(cli, tmp_path):
+    bits = tmp_path / "bits.json"
+    bits.write_text(json.dumps({"w_bits": [4] * 53, "a_bits": [8] * 53}))
+    out = _ok(cli("cost", "--experiment", "smoke", "--bits", str(bits), "--json"))
+    uniform = _ok(cli("cost", "--experiment", "smoke", "--uniform", "4", "--json"))
+    assert out["cost"]["size_bytes"] == uniform["cost"]["size_bytes"]
+    assert out["cost"]["bitops"] == 2 * uniform["cost"]["bitops"]
+    names = [layer["name"] for layer in _ok(cli("prepare", "--experiment", "smoke", "--json"))["layers"]]
+    table = tmp_path / "lat.csv"
+    rows = [{"layer": n, "w_bits": w, "a_bits": a, "latency_ms": 0.01 * w * a}
+            for n in names for w in range(2, 9) for a in range(2, 9)]
+    pd.DataFrame(rows).to_csv(table, index=False)
+    out = _ok(cli("cost", "--experiment", "smoke", "--uniform", "4", "--hw", f"table:{table}",
+                  "--json"))
+    assert out["cost"][f"table:{table}"]["latency_ms"] == pytest.approx(53 * 0.16)
+
+
+def test_bench_eval_writes_parquet(cli, tmp_path):
+    target = tmp_path / "bench.parquet"
+    out = _ok(cli("bench", "eval", "--experiment", "smoke", "--repeats", "1", "--output",
+                  str(target), "--json"))
+    assert out["fp32_forward_s"] > 0 and out["compiled_over_fp32"] > 0
+    assert pd.read_parquet(target)["eager_over_fp32"].iloc[0] == out["eager_over_fp32"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["evaluate", "--model", "vgg16", "--uniform", "8"], "unknown model 'vgg16'"),
+        (["evaluate", "--dataset", "mnist", "--uniform", "8"], "unknown dataset 'mnist'"),
+        (["cost", "--uniform", "8", "--hw", "tpu"], "unknown hardware model 'tpu'"),
+        (["cost", "--uniform", "8", "--hw", "table:/no/such.csv"], "/no/such.csv"),
+        (["cost", "--bits", '{"w_bits": [8], "a_bits": [8]}'], "53 quantizable layers"),
+        (["cost", "--uniform", "9"], "not one of the allowed bitwidths"),
+        (["cost", "--bits", "{oops"], "not valid JSON"),
+        (["evaluate", "--uniform", "8", "--data-dir", "/no/such/dir"], "/no/such/dir"),
+        (["evaluate", "--experiment", "nope", "--uniform", "8"], "unknown experiment 'nope'"),
+        (["evaluate", "--uniform", "8", "--bits", "{}"], "not allowed with argument"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(cli, args, fragment):
+    if args[0] in ("cost", "evaluate") and "--experiment" not in args:
+        args = [*args, "--experiment", "smoke"]
+    _user_error(cli(*args), fragment)
+
+
+def test_corrupt_checkpoint(cli, tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    preset = tmp_path / "p.toml"
+    preset.write_text(f'name = "p"\n[data]\nval_size = 200\ntrain_subset = 300\n'
+                      f'test_subset = 100\ncalib_size = 32\n[model]\ncheckpoint = "{bad}"\n'
+                      'width = 0.35\n')
+    _user_error(cli("prepare", "--config", str(preset)), "corrupt or unreadable")
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, wrong)
+    preset.write_text(preset.read_text().replace(str(bad), str(wrong)))
+    _user_error(cli("prepare", "--config", str(preset)), "does not fit this model")
+
+
+def test_unwritable_results_dir(cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = cli("prepare", "--experiment", "smoke", "--results", str(blocker / "sub"))
+    _user_error(proc, "not writable")
