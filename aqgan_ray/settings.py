@@ -173,8 +173,9 @@ def load_experiment(
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{source} is not valid TOML: {exc}") from None
     exp = parse_experiment(doc, source)
-    if model is not None:
-        exp = replace(exp, model=replace(exp.model, name=model))
+    if model is not None and canonical_name(model) != exp.model.name:
+        # The preset's width and checkpoint belong to the preset's architecture, not this one.
+        exp = replace(exp, model=ModelSpec(name=model))
     if dataset is not None:
         exp = replace(exp, data=replace(exp.data, name=dataset))
     if data_dir is not None:

@@ -29,9 +29,3 @@ def write_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
         raise UserError(f"cannot write {path} ({exc.strerror}); choose a writable path") from None
     return path
 
-
-def read_table(path: Path) -> list[dict[str, Any]]:
-    try:
-        return pq.read_table(path).to_pylist()
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise UserError(f"cannot read Parquet file {path} ({exc})") from None

@@ -19,6 +19,8 @@ def test_overrides():
     exp = load_experiment("smoke", model="resnet-18", dataset="cifar10", seed=3, data_dir="/x")
     assert exp.model.name == "resnet18" and exp.data.name == "cifar10"
     assert exp.seed == 3 and exp.data.seed == 3 and exp.data.data_dir == "/x"
+    assert exp.model.width == 1.0  # smoke's thin width belongs to its MobileNetV2
+    assert load_experiment("smoke", model="mobilenet_v2").model.width == 0.35
 
 
 @pytest.mark.parametrize(
