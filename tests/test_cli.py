@@ -47,20 +47,38 @@ def test_cost_with_bits_file_and_table(cli, tmp_path):
     uniform = _ok(cli("cost", "--experiment", "smoke", "--uniform", "4", "--json"))
     assert out["cost"]["size_bytes"] == uniform["cost"]["size_bytes"]
     assert out["cost"]["bitops"] == 2 * uniform["cost"]["bitops"]
-    names = [layer["name"] for layer in _ok(cli("prepare", "--experiment", "smoke", "--json"))["layers"]]
+    names = [
+        layer["name"] for layer in _ok(cli("prepare", "--experiment", "smoke", "--json"))["layers"]
+    ]
     table = tmp_path / "lat.csv"
-    rows = [{"layer": n, "w_bits": w, "a_bits": a, "latency_ms": 0.01 * w * a}
-            for n in names for w in range(2, 9) for a in range(2, 9)]
+    rows = [
+        {"layer": n, "w_bits": w, "a_bits": a, "latency_ms": 0.01 * w * a}
+        for n in names
+        for w in range(2, 9)
+        for a in range(2, 9)
+    ]
     pd.DataFrame(rows).to_csv(table, index=False)
-    out = _ok(cli("cost", "--experiment", "smoke", "--uniform", "4", "--hw", f"table:{table}",
-                  "--json"))
+    out = _ok(
+        cli("cost", "--experiment", "smoke", "--uniform", "4", "--hw", f"table:{table}", "--json")
+    )
     assert out["cost"][f"table:{table}"]["latency_ms"] == pytest.approx(53 * 0.16)
 
 
 def test_bench_eval_writes_parquet(cli, tmp_path):
     target = tmp_path / "bench.parquet"
-    out = _ok(cli("bench", "eval", "--experiment", "smoke", "--repeats", "1", "--output",
-                  str(target), "--json"))
+    out = _ok(
+        cli(
+            "bench",
+            "eval",
+            "--experiment",
+            "smoke",
+            "--repeats",
+            "1",
+            "--output",
+            str(target),
+            "--json",
+        )
+    )
     assert out["fp32_forward_s"] > 0 and out["compiled_over_fp32"] > 0
     assert pd.read_parquet(target)["eager_over_fp32"].iloc[0] == out["eager_over_fp32"]
 
@@ -91,9 +109,11 @@ def test_corrupt_checkpoint(cli, tmp_path):
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     preset = tmp_path / "p.toml"
-    preset.write_text(f'name = "p"\n[data]\nval_size = 200\ntrain_subset = 300\n'
-                      f'test_subset = 100\ncalib_size = 32\n[model]\ncheckpoint = "{bad}"\n'
-                      'width = 0.35\n')
+    preset.write_text(
+        f'name = "p"\n[data]\nval_size = 200\ntrain_subset = 300\n'
+        f'test_subset = 100\ncalib_size = 32\n[model]\ncheckpoint = "{bad}"\n'
+        "width = 0.35\n"
+    )
     _user_error(cli("prepare", "--config", str(preset)), "corrupt or unreadable")
     wrong = tmp_path / "wrong.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, wrong)
