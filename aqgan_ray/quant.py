@@ -291,8 +291,8 @@ class QuantizedModel:
         """HAQ-style short quantization-aware fine-tuning, then ``apply`` the tuned weights.
 
         Float master weights are trained through the fused fake-quant ops (straight-through
-        gradients) with ``functional_call``, so the module itself is not copied. Call ``reset``
-        (or ``apply`` after it) before evaluating another config, since biases change too.
+        gradients) with ``functional_call``, so the module itself is not copied. Biases change
+        too, so the next ``apply`` first restores every float parameter.
         """
         self._check(config)
         gen = torch.Generator().manual_seed(seed)
