@@ -116,13 +116,11 @@ def _run_dir(args: argparse.Namespace, name: str) -> Path:
     return path
 
 
-def _prepare(args: argparse.Namespace):
+def _prepare(args: argparse.Namespace, exp):
     from aqgan_ray.prepare import prepare
 
-    exp = _experiment(args)
     cache = Path(args.cache_dir) if args.cache_dir else None
-    prepared, splits = prepare(exp, cache, progress=True)
-    return exp, prepared, splits
+    return prepare(exp, cache, progress=True)
 
 
 def _parse_config(args: argparse.Namespace, layer_names: Sequence[str], choices: Sequence[int]):
@@ -136,8 +134,9 @@ def _parse_config(args: argparse.Namespace, layer_names: Sequence[str], choices:
 
 
 def cmd_prepare(args: argparse.Namespace) -> dict[str, Any]:
-    out_dir = _run_dir(args, _experiment(args).name)  # fail before minutes of training
-    exp, prepared, splits = _prepare(args)
+    exp = _experiment(args)
+    out_dir = _run_dir(args, exp.name)  # fail before minutes of training
+    prepared, splits = _prepare(args, exp)
     layers = [layer.to_dict() for layer in prepared.layers]
     (out_dir / "layers.json").write_text(json.dumps(layers, indent=1))
     result = {
@@ -184,10 +183,18 @@ def cmd_prepare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from aqgan_ray.cost import get_hw_model
     from aqgan_ray.evaluate import Evaluator
 
-    exp, prepared, splits = _prepare(args)
-    config = _parse_config(args, prepared.layer_names, exp.quant.bit_choices)
+    # Check the config and hardware models against the architecture's layer table first, so a
+    # typo fails at once rather than after minutes of training the base model.
+    exp, static_layers = _static_layers(args)
+    config = _parse_config(args, [layer.name for layer in static_layers], exp.quant.bit_choices)
+    for name in args.hw:
+        get_hw_model(name, static_layers, exp.quant.bit_choices)
+    prepared, splits = _prepare(args, exp)
+    if prepared.layer_names != config.layers:
+        raise RuntimeError("the trained model's layer table differs from its architecture's")
     evaluator = Evaluator.from_splits(prepared, splits, compile=False)  # one config: no compile
     result = evaluator.evaluate(config, with_test=True)
     out = {
@@ -268,8 +275,9 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     from aqgan_ray.cost import config_costs
     from aqgan_ray.evaluate import Evaluator
 
-    out_dir = _run_dir(args, _experiment(args).name)  # fail before minutes of training
-    exp, prepared, splits = _prepare(args)
+    exp = _experiment(args)
+    out_dir = _run_dir(args, exp.name)  # fail before minutes of training
+    prepared, splits = _prepare(args, exp)
     evaluator = Evaluator.from_splits(prepared, splits)
     rows = []
     for bits in tqdm(
@@ -315,7 +323,8 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
-    exp, prepared, splits = _prepare(args)
+    exp = _experiment(args)
+    prepared, splits = _prepare(args, exp)
     figures = bench_eval(prepared, splits, repeats=args.repeats)
     if args.output:
         from aqgan_ray.store import write_table

@@ -126,3 +126,12 @@ def test_unwritable_results_dir(cli, tmp_path):
     blocker.write_text("")
     proc = cli("prepare", "--experiment", "smoke", "--results", str(blocker / "sub"))
     _user_error(proc, "not writable")
+
+
+def test_evaluate_rejects_bad_config_before_training(cli, tmp_path):
+    empty_cache = tmp_path / "cache"  # nothing trained here: prepare would have to train
+    bits = '{"w_bits": [8], "a_bits": [8]}'
+    args = ["evaluate", "--experiment", "smoke", "--cache-dir", str(empty_cache), "--bits", bits]
+    _user_error(cli(*args), "53 quantizable layers")
+    _user_error(cli(*args[:-2], "--uniform", "8", "--hw", "tpu"), "unknown hardware model")
+    assert not empty_cache.exists()
