@@ -28,6 +28,19 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _random_configs(prepared: Prepared, n: int) -> list[QuantConfig]:
+    """Per-layer bits drawn uniformly, seeded: every run and path times the same configs."""
+    rng = np.random.default_rng(prepared.experiment.seed)
+    choices = np.array(prepared.experiment.quant.bit_choices)
+    names = prepared.layer_names
+    return [
+        QuantConfig(
+            names, tuple(rng.choice(choices, len(names))), tuple(rng.choice(choices, len(names)))
+        )
+        for _ in range(n)
+    ]
+
+
 def bench_eval(prepared: Prepared, splits: Splits, repeats: int = 5) -> dict[str, Any]:
     """Quantized evaluation of a config vs a plain FP32 forward pass over the same images.
 
@@ -38,14 +51,10 @@ def bench_eval(prepared: Prepared, splits: Splits, repeats: int = 5) -> dict[str
     evaluator actors use); the one-off compilation is reported on its own.
     """
     x, y = splits.val_x, splits.val_y
-    rng = np.random.default_rng(prepared.experiment.seed)
-    choices = np.array(prepared.experiment.quant.bit_choices)
-    names = prepared.layer_names
+    configs = iter(_random_configs(prepared, 2 * repeats + 4))
 
     def random_config() -> QuantConfig:
-        return QuantConfig(
-            names, tuple(rng.choice(choices, len(names))), tuple(rng.choice(choices, len(names)))
-        )
+        return next(configs)
 
     eager = Evaluator(prepared, val=(x, y), compile=False)
 
@@ -74,4 +83,70 @@ def bench_eval(prepared: Prepared, splits: Splits, repeats: int = 5) -> dict[str
         "eager_over_fp32": eager_s / fp32_s,
         "compiled_over_fp32": compiled_s / fp32_s,
         "evals_to_amortize_compile": (first_s - compiled_s) / max(1e-9, eager_s - compiled_s),
+    }
+
+
+def bench_scaling(
+    prepared: Prepared,
+    splits: Splits,
+    n_configs: int,
+    address: str | None = None,
+    cpus_per_worker: float = 1.0,
+) -> dict[str, Any]:
+    """Evaluations per second: a plain in-process loop, one Ray actor, two Ray actors.
+
+    The same random configs go through each path, after a warm-up evaluation per evaluator
+    (model build and, with ``eval.compile``, compilation are reported apart). The in-process
+    loop runs with as many torch threads as one actor gets, so ``ray_overhead`` compares like
+    with like: what the actor, the object store and ``ray.wait`` add per evaluation.
+    """
+    from aqgan_ray.pool import EvaluatorPool, PoolSpec, connect
+
+    warm, *configs = _random_configs(prepared, n_configs + 1)
+    val = (splits.val_x, splits.val_y)
+    train = (splits.train_x, splits.train_y) if prepared.experiment.eval.finetune_steps else None
+    threads = max(1, int(cpus_per_worker))
+
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        local = Evaluator(prepared, val=val, train=train)
+        local.evaluate(warm)
+        start = time.perf_counter()
+        local_acc = [local.evaluate(c).val_acc for c in configs]
+        local_s = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(saved_threads)
+    del local
+
+    info = connect(address)
+    figures: dict[str, Any] = {}
+    for workers in (1, 2):
+        spec = PoolSpec(workers=workers, cpus_per_worker=cpus_per_worker)
+        with EvaluatorPool(prepared, val, train, spec) as pool:
+            warm_s = pool.warm_up(warm)
+            start = time.perf_counter()
+            ray_acc = {e.config.hash: e.result.val_acc for e in pool.imap_unordered(configs)}
+            figures[workers] = (time.perf_counter() - start, warm_s)
+        diff = max(abs(ray_acc[c.hash] - a) for c, a in zip(configs, local_acc, strict=True))
+        if diff * len(splits.val_x) > 2:  # more than float reordering can flip
+            raise RuntimeError(f"Ray actors and the in-process loop disagree (by {diff:.4f})")
+    one_s, two_s = figures[1][0], figures[2][0]
+    return {
+        "benchmark": "scaling",
+        "model": prepared.experiment.model.name,
+        "dataset": prepared.experiment.data.name,
+        "images_per_eval": len(splits.val_x),
+        "configs": n_configs,
+        "cluster_cpus": info["cpus"],
+        "threads_per_evaluator": threads,
+        "in_process_s": local_s,
+        "ray_1_actor_s": one_s,
+        "ray_2_actors_s": two_s,
+        "in_process_evals_per_s": n_configs / local_s,
+        "ray_1_actor_evals_per_s": n_configs / one_s,
+        "ray_2_actors_evals_per_s": n_configs / two_s,
+        "speedup_2_vs_1_actor": one_s / two_s,
+        "ray_overhead": one_s / local_s - 1.0,
+        "actor_warm_up_s": figures[1][1],
     }

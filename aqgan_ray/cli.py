@@ -61,6 +61,21 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _ray_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ray")
+    g.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: embedded local Ray)",
+    )
+    g.add_argument(
+        "--workers", type=int, default=None, metavar="K", help="evaluator actors (default: fill)"
+    )
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aqgan-ray", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -73,12 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cost", help="hardware costs of one config (no evaluation)")
     _common(p)
     _config_args(p)
+    p = sub.add_parser("collect", help="grow the evaluation store to N distinct configs, on Ray")
+    _common(p)
+    _ray_args(p)
+    p.add_argument("--samples", type=int, required=True, metavar="N", help="store size wanted")
     p = sub.add_parser("run", help="the experiment end to end")
     _common(p)
     p = sub.add_parser("bench", help="benchmarks that print measured times and ratios")
     _common(p)
-    p.add_argument("name", choices=["eval"], help="eval: quantized evaluation vs FP32 forward")
-    p.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
+    _ray_args(p)
+    p.add_argument(
+        "name",
+        choices=["eval", "scaling"],
+        help="eval: quantized vs FP32 forward; scaling: 1 vs 2 actors, Ray vs in-process",
+    )
+    p.add_argument("--repeats", type=int, default=5, help="eval: timed repetitions (median)")
+    p.add_argument("--configs", type=int, default=24, help="scaling: configs per measurement")
     p.add_argument(
         "--output", default=None, metavar="PATH", help="also write the figures to this Parquet file"
     )
@@ -318,14 +343,107 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _open_store(args: argparse.Namespace, exp):
+    """The run directory's evaluation store, read-only: refuses an incompatible schema before
+    anything slow happens. Reopen it with the evaluation key once the model is prepared."""
+    from aqgan_ray.store import EvaluationStore
+
+    root = _run_dir(args, exp.name) / "evaluations"
+    EvaluationStore(root, eval_key=None, warn=False)
+    return root
+
+
+def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
+    from aqgan_ray.collect import collect
+    from aqgan_ray.evaluate import evaluation_key
+    from aqgan_ray.pool import EvaluatorPool, PoolSpec, connect
+    from aqgan_ray.service import EvaluationService
+    from aqgan_ray.store import EvaluationStore
+
+    if args.samples < 0:
+        raise UserError("--samples must be a non-negative number of configs")
+    exp = _experiment(args)
+    root = _open_store(args, exp)
+    spec = PoolSpec(args.workers, args.cpus_per_worker, args.gpus_per_worker)
+    cluster = connect(args.address)  # an unreachable cluster fails before any training
+    prepared, splits = _prepare(args, exp)
+    store = EvaluationStore(root, evaluation_key(prepared, splits.val_x, splits.val_y))
+    quarantined = store.quarantine_unreadable()
+    workers = 0
+    if args.samples > len(store):
+        train = (splits.train_x, splits.train_y) if exp.eval.finetune_steps else None
+        with EvaluatorPool(prepared, (splits.val_x, splits.val_y), train, spec) as pool:
+            workers = pool.size
+            stats = collect(
+                EvaluationService(store, pool),
+                prepared.layer_names,
+                exp.quant.bit_choices,
+                args.samples,
+                exp.seed,
+            )
+    else:
+        stats = None
+    accs = [row["val_acc"] for row in store.rows()]
+    out = {
+        "requested": args.samples,
+        "evaluated_now": stats.evaluated_now if stats else 0,
+        "total": len(store),
+        "nodes": len(stats.node_ids) if stats else 0,
+        "node_ids": list(stats.node_ids) if stats else [],
+        "cluster": cluster,
+        "workers": workers,
+        "replaced_workers": stats.replaced_workers if stats else 0,
+        "wall_s": stats.wall_s if stats else 0.0,
+        "evals_per_s": stats.evals_per_s if stats else 0.0,
+        "eval_cpu_s": stats.eval_cpu_s if stats else 0.0,
+        "store": str(root),
+        "quarantined_parts": [str(p) for p in quarantined],
+        "val_acc_histogram": _histogram(accs, prepared.fp_val_acc),
+    }
+    if not args.json:
+        print(
+            f"store {root}: {out['total']} distinct configs ({out['evaluated_now']} evaluated now "
+            f"on {out['nodes']} node(s), {out['workers']} evaluator(s), "
+            f"{out['evals_per_s']:.2f} evals/s)"
+        )
+        print("validation accuracy of the stored configs:")
+        for row in out["val_acc_histogram"]:
+            print(
+                f"  {row['from']:.2f}-{row['to']:.2f}  {row['configs']:5d}  "
+                + "#" * min(60, row["configs"])
+            )
+    return out
+
+
+def _histogram(accs: Sequence[float], fp_acc: float, bins: int = 10) -> list[dict[str, Any]]:
+    """Counts over [0, float accuracy]: does the store cover the range users will ask for?"""
+    import numpy as np
+
+    top = max([fp_acc, *accs]) if accs else fp_acc
+    counts, edges = np.histogram(accs, bins=bins, range=(0.0, top))
+    return [
+        {"from": float(lo), "to": float(hi), "configs": int(c)}
+        for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)
+    ]
+
+
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from aqgan_ray.bench import bench_eval
+    from aqgan_ray.bench import bench_eval, bench_scaling
 
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
+    if args.configs < 2:
+        raise UserError("--configs must be at least 2")
     exp = _experiment(args)
+    if args.name == "scaling":
+        from aqgan_ray.pool import connect
+
+        connect(args.address)
     prepared, splits = _prepare(args, exp)
-    figures = bench_eval(prepared, splits, repeats=args.repeats)
+    if args.name == "scaling":
+        figures = bench_scaling(prepared, splits, args.configs, args.address, args.cpus_per_worker)
+    else:
+        figures = bench_eval(prepared, splits, repeats=args.repeats)
     if args.output:
         from aqgan_ray.store import write_table
 
@@ -340,6 +458,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "prepare": cmd_prepare,
     "evaluate": cmd_evaluate,
     "cost": cmd_cost,
+    "collect": cmd_collect,
     "run": cmd_run,
     "bench": cmd_bench,
 }

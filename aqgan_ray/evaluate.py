@@ -7,8 +7,10 @@ final reporting: searches never see it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
@@ -39,16 +41,19 @@ class Evaluator:
         train: tuple[Tensor, Tensor] | None = None,
         spec: EvalSpec | None = None,
         compile: bool | None = None,
+        device: str | torch.device = "cpu",
     ):
         """``compile`` (default: the preset's ``eval.compile``) pays a one-off TorchInductor
-        compilation, worth it for a process that evaluates many configs, not for one."""
+        compilation, worth it for a process that evaluates many configs, not for one.
+        Images stay on the CPU as uint8 and move to ``device`` one batch at a time."""
         self.prepared = prepared
+        self.device = torch.device(device)
         self.spec = spec if spec is not None else prepared.experiment.eval
         self.compiled = self.spec.compile if compile is None else compile
         if self.spec.finetune_steps > 0 and train is None:
             raise ValueError("fine-tuning needs training images")
         self.val, self.test, self.train = val, test, train
-        model = prepared.folded_model().to(memory_format=torch.channels_last)
+        model = prepared.folded_model().to(self.device, memory_format=torch.channels_last)
         self.qmodel = QuantizedModel(model, prepared.layers, prepared.calibration, self.compiled)
 
     @classmethod
@@ -71,13 +76,13 @@ class Evaluator:
         bs = self.spec.batch_size
         mean, std = self.prepared.mean, self.prepared.std
         for start in range(0, len(images), bs):
-            x = normalize(images[start : start + bs], mean, std)
+            x = normalize(images[start : start + bs].to(self.device), mean, std)
             n = len(x)
             if self.compiled and n < bs:
                 # A smaller last batch would make the compiled model specialise once more.
                 x = torch.cat([x, x.new_zeros((bs - n, *x.shape[1:]))])
             logits = self.qmodel(x.contiguous(memory_format=torch.channels_last))[:n]
-            correct += (logits.argmax(1) == labels[start : start + bs]).sum().item()
+            correct += (logits.argmax(1).cpu() == labels[start : start + bs]).sum().item()
         return correct / len(images)
 
     def evaluate(self, config: QuantConfig, with_test: bool = False) -> EvalResult:
@@ -108,3 +113,35 @@ class Evaluator:
         """Accuracy of the float (BN-folded) model, leaving the evaluator in float state."""
         self.qmodel.reset()
         return self.accuracy(images, labels)
+
+
+# Bump when quantization or scoring changes so that earlier accuracies are no longer comparable.
+PROTOCOL_VERSION = 1
+
+
+def evaluation_key(prepared: Prepared, val_x: Tensor, val_y: Tensor) -> str:
+    """Fingerprint of everything that determines a config's validation accuracy.
+
+    It hashes content, not paths: the same weights, calibration, validation images and
+    evaluation protocol give the same key on a laptop and on a cluster, and anything else
+    (another seed, preset or checkpoint) gives another, so the store never mixes them.
+    """
+    h = hashlib.sha256()
+    spec = prepared.experiment.eval
+    meta = {
+        "protocol": PROTOCOL_VERSION,
+        "model": prepared.experiment.model.name,
+        "width": prepared.experiment.model.width,
+        "dataset": prepared.experiment.data.name,
+        "layers": list(prepared.layer_names),
+        "finetune": {k: v for k, v in asdict(spec).items() if k.startswith("finetune")},
+        "finetune_seed": prepared.experiment.seed if spec.finetune_steps else None,
+        "act_signed": list(prepared.calibration.act_signed),
+        "act_scale": [sorted(d.items()) for d in prepared.calibration.act_scale],
+    }
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    tensors = [prepared.state_dict[k] for k in sorted(prepared.state_dict)]
+    tensors += [t for d in prepared.calibration.weight_scale for _, t in sorted(d.items())]
+    for t in [*tensors, val_x, val_y]:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -59,7 +59,8 @@ def fake_quant_act(x: Tensor, scale: float, qmin: int, qmax: int) -> Tensor:
 def fake_quant_weight(w: Tensor, scale: Tensor, bits: int) -> Tensor:
     """Quantize-dequantize weights per output channel (axis 0) with symmetric narrow range."""
     q = weight_qmax(bits)
-    zero = torch.zeros(scale.shape, dtype=torch.int32)
+    scale = scale.to(w.device)
+    zero = torch.zeros(scale.shape, dtype=torch.int32, device=w.device)
     return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -q, q)
 
 
@@ -212,8 +213,9 @@ class QuantizedModel:
         self._weight_keys = [f"{n}.weight" for n in self.layer_names]
         self._w_bits: list[int | None] = [None] * len(self._modules)  # None: float weights
         n = len(self._modules)
-        self._inv_scale, self._scale = torch.ones(n), torch.ones(n)
-        self._qmin, self._qmax = torch.zeros(n), torch.zeros(n)
+        device = next(model.parameters()).device  # the compiled hook reads these on-device
+        self._inv_scale, self._scale = torch.ones(n, device=device), torch.ones(n, device=device)
+        self._qmin, self._qmax = torch.zeros(n, device=device), torch.zeros(n, device=device)
         self._quantize_acts = False
         self._eager_params: list[tuple[float, int, int]] = []
         self._hooks = [
@@ -313,10 +315,9 @@ class QuantizedModel:
         self.model.train()
         for _ in range(steps):
             idx = torch.randint(0, len(train_x), (batch_size,), generator=gen)
-            logits = functional_call(
-                self.model, quantized(master), (normalize(train_x[idx], mean, std),)
-            )
-            loss = nn.functional.cross_entropy(logits, train_y[idx])
+            x = normalize(train_x[idx].to(self._scale.device), mean, std)
+            logits = functional_call(self.model, quantized(master), (x,))
+            loss = nn.functional.cross_entropy(logits, train_y[idx].to(x.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,13 +1,26 @@
 """Parquet on disk: the only module that knows the file format.
 
-Writes are atomic (temporary file in the same directory, then rename), so a reader never sees a
-half-written table and an interrupted write leaves the previous file intact.
+Two kinds of files:
+
+- ``write_table``: one small table written whole (benchmarks, comparison tables).
+- ``EvaluationStore``: the evaluation store under ``results/<experiment>/evaluations/``, one row
+  per evaluation, grown by appending uniquely named part files.
+
+Every write is atomic (temporary file in the same directory, then rename), so a reader never
+sees a half-written file and an interrupted write leaves what was there intact. Part files are
+never rewritten in place: several drivers may append to one store at once, and a reader merges
+the parts and keeps the first evaluation of each config hash.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +29,262 @@ import pyarrow.parquet as pq
 
 from aqgan_ray.errors import UserError
 
+# Bump when a column changes meaning or type; a store of another version is refused, not guessed.
+SCHEMA_VERSION = 1
+_VERSION_KEY = b"aqgan_ray.schema_version"
+
+EVALUATION_SCHEMA = pa.schema(
+    [
+        ("config_hash", pa.string()),
+        ("w_bits", pa.list_(pa.int8())),  # layer-table order
+        ("a_bits", pa.list_(pa.int8())),
+        ("val_acc", pa.float64()),
+        ("source", pa.string()),  # who asked: collect, aqgan, haq, uniform, optuna, random
+        ("sampler", pa.string()),  # how the asker drew the config (collect's samplers), or null
+        ("eval_s", pa.float64()),  # evaluator wall seconds for this config
+        ("node_id", pa.string()),  # Ray node that evaluated it
+        ("worker_pid", pa.int64()),
+        # Fingerprint of what determines an accuracy (weights, calibration, validation images,
+        # evaluation protocol): rows measured under another setup must never be mixed in.
+        ("eval_key", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("schema_version", pa.int16()),
+    ],
+    metadata={_VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+COLUMNS = tuple(EVALUATION_SCHEMA.names)
+
 
 def write_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Write ``rows`` (one mapping per row, same keys) as one Parquet file, atomically."""
-    path = Path(path)
+    return _write_atomic(pa.Table.from_pylist([dict(r) for r in rows]), Path(path))
+
+
+def _write_atomic(table: pa.Table, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        pq.write_table(pa.Table.from_pylist([dict(r) for r in rows]), tmp)
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as fh:  # the rename must not publish bytes still in the page cache
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
+        tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {path} ({exc.strerror}); choose a writable path") from None
     return path
 
+
+@dataclass(frozen=True)
+class SkippedPart:
+    path: Path
+    reason: str
+
+
+class EvaluationStore:
+    """The evaluations of one experiment: a cache keyed by config hash, persisted as Parquet.
+
+    Opened with the ``eval_key`` of the current setup, it refuses a store holding rows of
+    another one; opened with ``eval_key=None`` it only reads (reports, comparisons).
+
+    ``add`` buffers rows and writes a part file every ``flush_rows`` rows or ``flush_s``
+    seconds, and on ``flush``/``close`` (also when leaving a ``with`` block on Ctrl-C), so a
+    run of thousands of evaluations makes a few dozen files, and a killed driver loses at most
+    the last few seconds of results, which the next run evaluates again.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        eval_key: str | None,
+        flush_rows: int = 64,
+        flush_s: float = 5.0,
+        warn: bool = True,
+    ):
+        self.root = Path(root)
+        self.eval_key = eval_key
+        self.flush_rows, self.flush_s = flush_rows, flush_s
+        self.skipped: list[SkippedPart] = []
+        self.parts_read = 0
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._buffer: list[dict[str, Any]] = []
+        self._last_flush = time.monotonic()
+        self._load(warn)
+
+    # -- reading ---------------------------------------------------------------------------
+    def _parts(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.glob("part-*.parquet") if p.is_file())
+
+    def _load(self, warn: bool) -> None:
+        rows: list[dict[str, Any]] = []
+        for path in self._parts():
+            table = self._read_part(path)
+            if table is None:
+                continue
+            self.parts_read += 1
+            rows.extend(table.to_pylist())
+        if warn:
+            for skipped in self.skipped:
+                print(
+                    f"warning: skipping unreadable store part {skipped.path} ({skipped.reason}); "
+                    "the configs it held will be evaluated again",
+                    file=sys.stderr,
+                )
+        foreign = {r["eval_key"] for r in rows} - {self.eval_key}
+        if self.eval_key is not None and foreign:
+            raise UserError(
+                f"the evaluation store {self.root} holds evaluations of a different model, "
+                "calibration, validation split or evaluation protocol (seed, preset or "
+                "checkpoint changed); use another --results directory for this setup"
+            )
+        rows.sort(key=lambda r: r["created_at"])  # the first evaluation of a config wins
+        for row in rows:
+            self._rows.setdefault(row["config_hash"], row)
+
+    def _read_part(self, path: Path) -> pa.Table | None:
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, pa.ArrowException) as exc:
+            self.skipped.append(SkippedPart(path, _reason(exc)))
+            return None
+        version = (schema.metadata or {}).get(_VERSION_KEY)
+        if version is not None and version != str(SCHEMA_VERSION).encode():
+            raise UserError(
+                f"store part {path} was written with evaluation schema version "
+                f"{version.decode(errors='replace')}, but this aqgan-ray reads version "
+                f"{SCHEMA_VERSION}; use the aqgan-ray that wrote it, or another --results "
+                "directory"
+            )
+        try:
+            table = pq.read_table(path, schema=EVALUATION_SCHEMA)
+        except (OSError, pa.ArrowException) as exc:
+            self.skipped.append(SkippedPart(path, _reason(exc)))
+            return None
+        if version is None:
+            self.skipped.append(SkippedPart(path, "no aqgan-ray schema version"))
+            return None
+        return table
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, config_hash: object) -> bool:
+        return config_hash in self._rows
+
+    def get(self, config_hash: str) -> dict[str, Any] | None:
+        return self._rows.get(config_hash)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per distinct config (its first evaluation), oldest first."""
+        return list(self._rows.values())
+
+    def to_pandas(self):
+        return pa.Table.from_pylist(self.rows(), schema=EVALUATION_SCHEMA).to_pandas()
+
+    # -- writing ---------------------------------------------------------------------------
+    def add(
+        self,
+        *,
+        config_hash: str,
+        w_bits: Sequence[int],
+        a_bits: Sequence[int],
+        val_acc: float,
+        source: str,
+        eval_s: float,
+        node_id: str | None = None,
+        worker_pid: int | None = None,
+        sampler: str | None = None,
+    ) -> dict[str, Any]:
+        """Record one evaluation; a config already stored keeps its first row."""
+        if self.eval_key is None:
+            raise ValueError("a store opened without an eval_key is read-only")
+        row = {
+            "config_hash": config_hash,
+            "w_bits": list(w_bits),
+            "a_bits": list(a_bits),
+            "val_acc": float(val_acc),
+            "source": source,
+            "sampler": sampler,
+            "eval_s": float(eval_s),
+            "node_id": node_id,
+            "worker_pid": worker_pid,
+            "eval_key": self.eval_key,
+            "created_at": datetime.now(UTC),
+            "schema_version": SCHEMA_VERSION,
+        }
+        if config_hash in self._rows:
+            return self._rows[config_hash]
+        self._rows[config_hash] = row
+        self._buffer.append(row)
+        if (
+            len(self._buffer) >= self.flush_rows
+            or time.monotonic() - self._last_flush >= self.flush_s
+        ):
+            self.flush()
+        return row
+
+    def flush(self) -> Path | None:
+        """Write buffered rows as one new part file; returns its path (None if nothing new)."""
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return None
+        path = self._write_part(self._buffer)
+        self._buffer = []
+        return path
+
+    def _write_part(self, rows: Iterable[Mapping[str, Any]]) -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        path = self.root / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        return _write_atomic(pa.Table.from_pylist(list(rows), schema=EVALUATION_SCHEMA), path)
+
+    def quarantine_unreadable(self) -> list[Path]:
+        """Rename unreadable parts to ``*.corrupt``: kept for inspection, no longer read."""
+        moved = []
+        for skipped in self.skipped:
+            target = skipped.path.with_name(skipped.path.name + ".corrupt")
+            try:
+                os.replace(skipped.path, target)
+            except FileNotFoundError:
+                continue
+            moved.append(target)
+        return moved
+
+    def compact(self) -> Path | None:
+        """Merge every readable part into one, then delete the merged parts.
+
+        Safe to interrupt: the merged file is written before any part is removed, and a config
+        present in two files is read once.
+        """
+        self.flush()
+        # Merge what the files hold now, not this object's view: another driver may have
+        # appended since this store was opened, and only parts read here may be deleted.
+        tables, parts = [], []
+        for path in self._parts():
+            table = self._read_part(path)
+            if table is not None:
+                tables.append(table)
+                parts.append(path)
+        if len(parts) < 2:
+            return None
+        first: dict[str, dict[str, Any]] = {}
+        for row in sorted(pa.concat_tables(tables).to_pylist(), key=lambda r: r["created_at"]):
+            first.setdefault(row["config_hash"], row)
+        merged = self._write_part(first.values())
+        for part in parts:
+            part.unlink(missing_ok=True)
+        return merged
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> EvaluationStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -1,0 +1,115 @@
+"""``collect``: grow the evaluation store to N distinct configs, the data AQGAN trains on.
+
+Idempotent by construction: the target is a store size, not a number of new evaluations, and
+the sampler is told every stored row first, so running it again after Ctrl-C (or a killed
+driver) evaluates only what is missing, and running it with the same N does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from aqgan_ray.config import QuantConfig
+from aqgan_ray.errors import UserError
+from aqgan_ray.sampling import CollectionSampler, SamplerSpec, space_size
+from aqgan_ray.service import EvaluationService, Outcome
+
+SOURCE = "collect"
+# A sampler that proposes only known configs this many times in a row has run out of room.
+MAX_REDRAWS = 10_000
+
+
+@dataclass(frozen=True)
+class CollectStats:
+    requested: int  # the store size asked for
+    evaluated_now: int
+    total: int  # distinct configs in the store afterwards
+    node_ids: tuple[str, ...]  # nodes that ran this call's evaluations
+    wall_s: float
+    eval_cpu_s: float  # sum of evaluator seconds (per evaluation, summed over actors)
+    replaced_workers: int
+
+    @property
+    def evals_per_s(self) -> float:
+        return self.evaluated_now / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def sampler_seed(experiment_seed: int, stored: int) -> int:
+    """A fresh stream per resume point, reproducible from the seed and the store size."""
+    digest = hashlib.sha256(f"collect:{experiment_seed}:{stored}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def collect(
+    service: EvaluationService,
+    layer_names: tuple[str, ...],
+    bit_choices: tuple[int, ...],
+    samples: int,
+    seed: int,
+    progress: bool = True,
+    on_result: Callable[[Outcome], None] | None = None,
+    spec: SamplerSpec | None = None,
+) -> CollectStats:
+    if samples < 0:
+        raise UserError("--samples must be a non-negative number of configs")
+    space = space_size(len(layer_names), len(bit_choices))
+    if samples > space:
+        raise UserError(
+            f"--samples {samples} exceeds the {space} distinct configs of {len(layer_names)} "
+            f"layers with {len(bit_choices)} bit choices"
+        )
+    store = service.store
+    start = time.perf_counter()
+    stored = store.rows()
+    sampler = CollectionSampler(layer_names, bit_choices, sampler_seed(seed, len(stored)), spec)
+    for row in stored:
+        sampler.tell(QuantConfig(layer_names, row["w_bits"], row["a_bits"]), row["val_acc"])
+    need = max(0, samples - len(store))
+    labels: dict[str, str] = {}
+
+    def proposals() -> Iterator[QuantConfig]:
+        while len(labels) < need:
+            for _ in range(MAX_REDRAWS):
+                config, name = sampler.ask()
+                if config.hash not in store and config.hash not in labels:
+                    break
+            else:
+                raise UserError(
+                    f"the sampler found no new config in {MAX_REDRAWS} draws; the store "
+                    f"already holds {len(store)} configs of this space"
+                )
+            labels[config.hash] = name
+            yield config
+
+    nodes: set[str] = set()
+    cpu_s = 0.0
+    done = 0
+    bar = tqdm(total=need, desc="collect", unit="eval", disable=not progress or need == 0)
+    try:
+        with store:
+            for outcome in service.imap(proposals(), SOURCE, lambda c: labels.get(c.hash)):
+                sampler.tell(outcome.config, outcome.val_acc)
+                done += 1
+                cpu_s += outcome.eval_s
+                if outcome.node_id:
+                    nodes.add(outcome.node_id)
+                bar.update()
+                bar.set_postfix(acc=f"{outcome.val_acc:.3f}", nodes=len(nodes))
+                if on_result is not None:
+                    on_result(outcome)
+    finally:
+        bar.close()
+    return CollectStats(
+        requested=samples,
+        evaluated_now=done,
+        total=len(store),
+        node_ids=tuple(sorted(nodes)),
+        wall_s=time.perf_counter() - start,
+        eval_cpu_s=cpu_s,
+        replaced_workers=service.pool.replaced,
+    )

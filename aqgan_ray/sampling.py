@@ -1,0 +1,119 @@
+"""How ``collect`` draws the configs that AQGAN learns from.
+
+Uniform random per-layer bits are a poor training set: with 2..8 bits the chance that *no* layer
+of a 50-layer network gets 2 or 3 bits is tiny, so almost every random config collapses to
+chance accuracy, and the generator never sees the high-accuracy region users ask for. The
+collection sampler therefore mixes three draws, recorded per row as ``sampler``:
+
+- ``level-jitter``: a precision level per config (uniform over the bit range), separate weight
+  and activation levels around it, then independent per-layer jitter whose spread is itself
+  drawn per config, so both near-uniform and strongly mixed configs appear at every level.
+- ``stratified``: once some results are in, a target accuracy is drawn uniformly over the range
+  seen so far and a config that reached about that accuracy is mutated (each layer's bits moved
+  one choice up or down with a small probability). Accuracy bins that the levels fill thinly
+  (the steep fall between 5 and 3 bits) get as many samples as the flat ends.
+- ``random``: independent uniform bits per layer, a small share, for the low end and for
+  configs no level would produce.
+
+It is an ask/tell proposer like every search method; its state is rebuilt from the store on
+resume (``tell`` every stored row), and its random stream is seeded by the experiment seed and
+the store size, so a resumed collection is reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from aqgan_ray.config import QuantConfig
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    warmup: int = 24  # level-jitter draws before stratified draws start
+    stratified_share: float = 0.45
+    random_share: float = 0.10
+    level_spread: float = 0.75  # std of the weight/activation level around the config's level
+    max_layer_jitter: float = 1.25  # per-config layer jitter std drawn from U(0.2, this)
+    mutate_prob: float = 0.15  # per layer and per kind, in stratified draws
+    neighbours: int = 4  # a stratified draw mutates one of the configs nearest the target
+
+
+class CollectionSampler:
+    def __init__(
+        self,
+        layer_names: Sequence[str],
+        bit_choices: Sequence[int],
+        seed: int,
+        spec: SamplerSpec | None = None,
+    ):
+        self.layer_names = tuple(layer_names)
+        self.choices = np.array(sorted(bit_choices))
+        self.spec = spec or SamplerSpec()
+        self.rng = np.random.default_rng(seed)
+        self._idx: list[tuple[np.ndarray, np.ndarray]] = []  # told configs as choice indices
+        self._acc: list[float] = []
+
+    def tell(self, config: QuantConfig, val_acc: float) -> None:
+        index = {int(b): i for i, b in enumerate(self.choices)}
+        self._idx.append(
+            (
+                np.array([index[b] for b in config.w_bits]),
+                np.array([index[b] for b in config.a_bits]),
+            )
+        )
+        self._acc.append(float(val_acc))
+
+    def ask(self) -> tuple[QuantConfig, str]:
+        spec, r = self.spec, self.rng.random()
+        if r < spec.random_share:
+            return self._random(), "random"
+        if len(self._acc) >= spec.warmup and r < spec.random_share + spec.stratified_share:
+            return self._stratified(), "stratified"
+        return self._level_jitter(), "level-jitter"
+
+    def _config(self, w_idx: np.ndarray, a_idx: np.ndarray) -> QuantConfig:
+        return QuantConfig(
+            self.layer_names,
+            tuple(int(b) for b in self.choices[w_idx]),
+            tuple(int(b) for b in self.choices[a_idx]),
+        )
+
+    def _random(self) -> QuantConfig:
+        n, k = len(self.layer_names), len(self.choices)
+        return self._config(self.rng.integers(0, k, n), self.rng.integers(0, k, n))
+
+    def _level_jitter(self) -> QuantConfig:
+        """Levels and jitter live on the bit axis, then snap to the nearest allowed choice."""
+        spec, rng, n = self.spec, self.rng, len(self.layer_names)
+        lo, hi = float(self.choices[0]), float(self.choices[-1])
+        level = rng.uniform(lo - 0.5, hi + 0.5)
+        sigma = rng.uniform(0.2, spec.max_layer_jitter)
+
+        def draw() -> np.ndarray:
+            kind_level = level + rng.normal(0.0, spec.level_spread)
+            bits = kind_level + rng.normal(0.0, sigma, n)
+            return np.abs(bits[:, None] - self.choices[None, :]).argmin(1)
+
+        return self._config(draw(), draw())
+
+    def _stratified(self) -> QuantConfig:
+        spec, rng = self.spec, self.rng
+        acc = np.asarray(self._acc)
+        target = rng.uniform(acc.min(), acc.max())
+        nearest = np.argsort(np.abs(acc - target))[: spec.neighbours]
+        w_idx, a_idx = self._idx[int(rng.choice(nearest))]
+        return self._config(self._mutate(w_idx), self._mutate(a_idx))
+
+    def _mutate(self, idx: np.ndarray) -> np.ndarray:
+        step = self.rng.choice([-1, 1], len(idx)) * (
+            self.rng.random(len(idx)) < self.spec.mutate_prob
+        )
+        return np.clip(idx + step, 0, len(self.choices) - 1)
+
+
+def space_size(n_layers: int, n_choices: int) -> int:
+    """Distinct configs: every layer picks a weight and an activation bitwidth."""
+    return n_choices ** (2 * n_layers)
