@@ -374,6 +374,7 @@ def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
         train = (splits.train_x, splits.train_y) if exp.eval.finetune_steps else None
         with EvaluatorPool(prepared, (splits.val_x, splits.val_y), train, spec) as pool:
             workers = pool.size
+            pool.worker_pids()  # every actor built and running this aqgan-ray version
             stats = collect(
                 EvaluationService(store, pool),
                 prepared.layer_names,

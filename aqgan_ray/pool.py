@@ -96,7 +96,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict[str
                 ray.init(address=address, logging_level="WARNING")
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
-                raise UserError(f"cannot join the Ray cluster at {address}: {first}") from None
+                raise UserError(
+                    f"cannot join the Ray cluster at {address}: {first} (a cluster with token "
+                    "authentication needs its token: RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+                ) from None
     nodes = [n for n in ray.nodes() if n["Alive"]]
     return {
         "address": address or "local",
@@ -144,6 +147,15 @@ def plan_workers(spec: PoolSpec) -> int:
     return spec.workers
 
 
+def _code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aqgan-ray")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 class _EvaluatorActor:
     """One evaluator per actor process, built once from object-store references."""
 
@@ -164,8 +176,8 @@ class _EvaluatorActor:
     def evaluate(self, config: QuantConfig) -> tuple[EvalResult, str, int]:
         return self.evaluator.evaluate(config), self.node_id, os.getpid()
 
-    def pid(self) -> int:
-        return os.getpid()
+    def describe(self) -> tuple[int, str]:
+        return os.getpid(), _code_version()
 
 
 class EvaluatorPool:
@@ -204,13 +216,22 @@ class EvaluatorPool:
         )
 
     def worker_pids(self, timeout_s: float = 900.0) -> list[int]:
-        """The actors' process ids, once every actor is built."""
+        """The actors' process ids, once every actor is built; refuses a cluster whose nodes
+        run another aqgan-ray than the driver (their accuracies would not be comparable)."""
         try:
-            return ray.get([a.pid.remote() for a in self.actors], timeout=timeout_s)
+            described = ray.get([a.describe.remote() for a in self.actors], timeout=timeout_s)
         except GetTimeoutError:
             raise UserError(
                 f"evaluator actors were not ready after {timeout_s:.0f} s; is the cluster busy?"
             ) from None
+        mine = _code_version()
+        for _, theirs in described:
+            if theirs != mine:
+                raise UserError(
+                    f"a cluster node runs aqgan-ray {theirs} but this driver runs {mine}; "
+                    "install the same version on every node (see clusters/README.md)"
+                )
+        return [pid for pid, _ in described]
 
     def warm_up(self, config: QuantConfig, timeout_s: float = 900.0) -> float:
         """One evaluation on every actor (builds, and compiles if asked); returns seconds."""

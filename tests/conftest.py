@@ -4,14 +4,25 @@ Fashion-MNIST subset) per test session, in a private cache directory."""
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from aqgan_ray.prepare import prepare
 from aqgan_ray.settings import load_experiment
+
+# Ray token authentication for every cluster this session starts or joins. Ray reads these when
+# it is imported, so they are set here, before any test module imports it; subprocesses
+# (``ray start``, the CLI) inherit them. A session token keeps tests away from ~/.ray.
+RAY_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+os.environ.update(RAY_AUTH)
 
 
 @pytest.fixture(scope="session")
@@ -33,15 +44,67 @@ def cli(cache_dir: Path, smoke, tmp_path_factory: pytest.TempPathFactory):
     results = tmp_path_factory.mktemp("results")
     env = {**os.environ, "AQGAN_RAY_CACHE": str(cache_dir)}
 
-    def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    def run(
+        *args: str, cwd: Path | None = None, env_extra: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         extra = [] if "--results" in args else ["--results", str(results)]
         return subprocess.run(
             [sys.executable, "-m", "aqgan_ray", *args, *extra],
             capture_output=True,
             text=True,
-            env=env,
+            env={**env, **(env_extra or {})},
             cwd=cwd,
             timeout=600,
         )
 
     return run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real two-node Ray cluster on loopback, with token authentication, shared by every test
+    that needs Ray: ``ray start --head`` and a second ``ray start --address``, one CPU each.
+
+    The test process joins it as a driver (one Ray instance per session); CLI subprocesses
+    join with ``--address``, all with the session's ``RAY_AUTH_TOKEN``. Each ``ray start`` runs in a
+    session of its own, so teardown kills exactly this cluster's processes.
+    """
+    from aqgan_ray import pool
+
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="aqr", dir="/tmp")  # short: Ray's socket paths have a limit
+    common = ["--num-cpus", "1", "--object-store-memory", "150000000", "--disable-usage-stats"]
+    starts = [
+        [ray_bin, "start", "--head", "--port", str(port), "--temp-dir", temp,
+         "--include-dashboard", "false", *common],
+        [ray_bin, "start", "--address", f"127.0.0.1:{port}", *common],
+    ]  # fmt: skip
+    groups = []
+    try:
+        for i, cmd in enumerate(starts):
+            log = Path(temp) / f"start-{i}.log"
+            with open(log, "w") as out:  # not a pipe: the daemons would hold it open
+                proc = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+                groups.append(proc.pid)  # its daemons outlive it, in this process group
+                assert proc.wait(timeout=120) == 0, log.read_text()[-2000:]
+        address = f"127.0.0.1:{port}"
+        info = pool.connect(address)
+        assert info["nodes"] == 2, info
+        yield {"address": address, "nodes": 2}
+    finally:
+        pool.disconnect()
+        for pgid in groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)

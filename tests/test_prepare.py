@@ -24,8 +24,9 @@ def test_imagenet_uses_cached_torchvision_weights(tmp_path, hub_dir):
     root = tmp_path / "imagenet"
     _fake_imagenet(root, ("n01", "n02"), per_class=3)
     exp = load_experiment("smoke", model="squeezenet1_1", dataset="imagenet", data_dir=str(root))
-    exp = replace(exp, data=replace(exp.data, val_size=2, train_subset=2, test_subset=2,
-                                    calib_size=2))
+    exp = replace(
+        exp, data=replace(exp.data, val_size=2, train_subset=2, test_subset=2, calib_size=2)
+    )
     with pytest.raises(UserError, match="no ImageNet weights for squeezenet1_1 at"):
         prepare(exp, tmp_path / "cache", progress=False)
     # The user has the weights file where torchvision caches it (here: a 2-class stand-in

@@ -1,0 +1,123 @@
+"""Collection on the loopback cluster: grows the store to exactly N distinct configs, resumes
+after Ctrl-C evaluating only what is missing, and survives a killed evaluator with no row
+lost or duplicated. The service answers stored configs from the store and charges them."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pyarrow.parquet as pq
+import pytest
+
+from aqgan_ray.collect import collect
+from aqgan_ray.config import QuantConfig
+from aqgan_ray.evaluate import evaluation_key
+from aqgan_ray.pool import EvaluatorPool, PoolSpec
+from aqgan_ray.service import EvaluationService
+from aqgan_ray.store import EvaluationStore
+
+
+@pytest.fixture(scope="module")
+def actors(ray_cluster, smoke):
+    _, prepared, splits = smoke
+    with EvaluatorPool(prepared, (splits.val_x, splits.val_y), spec=PoolSpec(workers=2)) as p:
+        p.worker_pids()
+        yield p
+
+
+def _store(tmp_path, smoke) -> EvaluationStore:
+    _, prepared, splits = smoke
+    return EvaluationStore(
+        tmp_path / "evaluations", evaluation_key(prepared, splits.val_x, splits.val_y)
+    )
+
+
+def _collect(service, smoke, samples: int, **kwargs):
+    exp, prepared, _ = smoke
+    return collect(
+        service,
+        prepared.layer_names,
+        exp.quant.bit_choices,
+        samples,
+        exp.seed,
+        progress=False,
+        **kwargs,
+    )
+
+
+def _raw_hashes(root) -> list[str]:
+    """Every row in every part file, before any deduplication."""
+    return [
+        h
+        for p in sorted(root.glob("part-*.parquet"))
+        for h in pq.read_table(p)["config_hash"].to_pylist()
+    ]
+
+
+def test_collect_grows_to_n_then_does_nothing(tmp_path, smoke, actors):
+    store = _store(tmp_path, smoke)
+    stats = _collect(EvaluationService(store, actors), smoke, 8)
+    assert stats.evaluated_now == 8 and stats.total == 8 and len(stats.node_ids) == 2
+    raw = _raw_hashes(store.root)
+    assert len(raw) == len(set(raw)) == 8
+    rows = _store(tmp_path, smoke).rows()
+    assert {r["source"] for r in rows} == {"collect"}
+    assert {r["sampler"] for r in rows} <= {"level-jitter", "random", "stratified"}
+    assert all(0.0 <= r["val_acc"] <= 1.0 and r["eval_s"] > 0 for r in rows)
+    again = _collect(EvaluationService(_store(tmp_path, smoke), actors), smoke, 8)
+    assert again.evaluated_now == 0 and again.total == 8
+    assert len(_raw_hashes(store.root)) == 8
+
+
+def test_interrupted_collect_keeps_results_and_resumes(tmp_path, smoke, actors):
+    def stop_after_three(outcome, seen=[]):  # noqa: B006 - a counter local to this test
+        seen.append(outcome)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _collect(
+            EvaluationService(_store(tmp_path, smoke), actors),
+            smoke,
+            10,
+            on_result=stop_after_three,
+        )
+    kept = _store(tmp_path, smoke)
+    assert len(kept) == 3  # what completed before Ctrl-C was written
+    resumed = _collect(EvaluationService(kept, actors), smoke, 10)
+    assert resumed.evaluated_now == 7 and resumed.total == 10
+    raw = _raw_hashes(kept.root)
+    assert len(raw) == len(set(raw)) == 10
+
+
+def test_killed_evaluator_still_gives_exactly_n_rows(tmp_path, smoke, actors):
+    victim = actors.worker_pids()[1]
+
+    def kill_once(outcome, seen=[]):  # noqa: B006
+        seen.append(outcome)
+        if len(seen) == 2:
+            os.kill(victim, signal.SIGKILL)
+
+    store = _store(tmp_path, smoke)
+    before = actors.replaced
+    stats = _collect(EvaluationService(store, actors), smoke, 10, on_result=kill_once)
+    assert stats.total == 10 and actors.replaced > before
+    raw = _raw_hashes(store.root)
+    assert len(raw) == len(set(raw)) == 10
+
+
+def test_service_answers_stored_configs_from_the_store_and_charges_them(tmp_path, smoke, actors):
+    _, prepared, _ = smoke
+    store = _store(tmp_path, smoke)
+    service = EvaluationService(store, actors)
+    names = prepared.layer_names
+    eight, six = QuantConfig.uniform(names, 8), QuantConfig.uniform(names, 6)
+    first = service.evaluate([eight, eight, six], source="uniform")
+    assert [o.cached for o in first] == [False, True, False]  # asked twice, evaluated once
+    assert first[0].val_acc == first[1].val_acc > 0.8
+    second = service.evaluate([six], source="optuna")
+    assert second[0].cached and second[0].val_acc == first[2].val_acc
+    assert service.requested == 4 and service.evaluated == 2
+    store.close()
+    assert sorted(_raw_hashes(store.root)) == sorted([eight.hash, six.hash])
