@@ -7,6 +7,7 @@ to stderr; bad input exits 2 with one ``error: ...`` line and no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -356,7 +357,7 @@ def _open_store(args: argparse.Namespace, exp):
 def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
     from aqgan_ray.collect import collect
     from aqgan_ray.evaluate import evaluation_key
-    from aqgan_ray.pool import EvaluatorPool, PoolSpec, connect
+    from aqgan_ray.pool import EvaluatorPool, PoolSpec, connect, plan_workers
     from aqgan_ray.service import EvaluationService
     from aqgan_ray.store import EvaluationStore
 
@@ -366,6 +367,7 @@ def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
     root = _open_store(args, exp)
     spec = PoolSpec(args.workers, args.cpus_per_worker, args.gpus_per_worker)
     cluster = connect(args.address)  # an unreachable cluster fails before any training
+    plan_workers(spec)  # so does a request for more evaluators than the cluster holds
     prepared, splits = _prepare(args, exp)
     store = EvaluationStore(root, evaluation_key(prepared, splits.val_x, splits.val_y))
     quarantined = store.quarantine_unreadable()
@@ -467,8 +469,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stdout = sys.stdout
+    # With --json, stdout carries the one JSON object only: anything a library prints there
+    # (Ray forwards worker and raylet messages to the driver's stdout) goes to stderr instead.
+    quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     try:
-        result = COMMANDS[args.command](args)
+        with quiet:
+            try:
+                result = COMMANDS[args.command](args)
+            finally:
+                _release_ray()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -476,8 +486,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted; what was written so far is kept", file=sys.stderr)
         return 130
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result), file=stdout)
     return 0
+
+
+def _release_ray() -> None:
+    """Leave Ray (stopping an embedded instance) while its log messages still go to stderr."""
+    pool = sys.modules.get("aqgan_ray.pool")
+    if pool is not None:
+        pool.disconnect()
 
 
 if __name__ == "__main__":

@@ -82,9 +82,6 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict[str
     """Join (or start) Ray once per process; a second call reuses the connection."""
     if not ray.is_initialized():
         if address is None:
-            # Token authentication stays on (Ray's default for a new local cluster); saying so
-            # explicitly keeps Ray from printing a warning about it on every run.
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
             ray.init(
                 num_cpus=num_cpus or os.cpu_count(),
                 include_dashboard=False,
