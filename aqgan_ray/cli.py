@@ -10,7 +10,8 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -92,9 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="grow the evaluation store to N distinct configs, on Ray")
     _common(p)
     _ray_args(p)
-    p.add_argument("--samples", type=int, required=True, metavar="N", help="store size wanted")
+    p.add_argument(
+        "--samples", type=int, default=None, metavar="N", help="store size (default: preset's)"
+    )
     p = sub.add_parser("run", help="the experiment end to end")
     _common(p)
+    _ray_args(p)
     p = sub.add_parser("bench", help="benchmarks that print measured times and ratios")
     _common(p)
     _ray_args(p)
@@ -290,9 +294,10 @@ def _cost_text(cost: dict[str, Any]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
-    """What the pipeline runs today: prepare, then every uniform bitwidth, evaluated and priced.
+    """What the pipeline runs today: prepare, collect the evaluation store on Ray, then every
+    uniform bitwidth through the same evaluators and store, priced and scored on the test split.
 
-    Collection, AQGAN and the baselines join this command as they land (issues 3-6).
+    AQGAN, the baselines and the comparison join this command as they land (issues 4-6).
     """
     import pandas as pd
     from tqdm import tqdm
@@ -302,21 +307,26 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     from aqgan_ray.evaluate import Evaluator
 
     exp = _experiment(args)
-    out_dir = _run_dir(args, exp.name)  # fail before minutes of training
-    prepared, splits = _prepare(args, exp)
-    evaluator = Evaluator.from_splits(prepared, splits)
+    with _evaluation_stack(args, exp) as stack:
+        collected = _collect_stage(stack, exp.collect.samples)
+        prepared, splits = stack.prepared, stack.splits
+        configs = [
+            QuantConfig.uniform(prepared.layer_names, bits)
+            for bits in sorted(exp.quant.bit_choices, reverse=True)
+        ]
+        searched = stack.service.evaluate(configs, source="uniform")
+    # Final test accuracy of the uniform configs, in this process: searches never see it.
+    tester = Evaluator.from_splits(prepared, splits, compile=False)
     rows = []
-    for bits in tqdm(
-        sorted(exp.quant.bit_choices, reverse=True), desc="uniform configs", unit="config"
+    for config, outcome in zip(
+        tqdm(configs, desc="test split", unit="config"), searched, strict=True
     ):
-        config = QuantConfig.uniform(prepared.layer_names, bits)
-        res = evaluator.evaluate(config, with_test=True)
         cost = config_costs(prepared.layers, config)
         rows.append(
             {
-                "bits": bits,
-                "val_acc": res.val_acc,
-                "test_acc": res.test_acc,
+                "bits": config.w_bits[0],
+                "val_acc": outcome.val_acc,
+                "test_acc": tester.test_accuracy(config),
                 "size_kib": cost["size_bytes"] / 1024,
                 "gbitops": cost["bitops"] / 1e9,
                 **{
@@ -326,21 +336,24 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
                 "bitfusion_energy_mj": cost["bitfusion"]["energy_mj"],
             }
         )
+    out_dir = Path(args.results) / exp.name
     table = pd.DataFrame(rows)
     (out_dir / "uniform.json").write_text(table.to_json(orient="records", indent=1))
     if not args.json:
+        _collect_text(collected)
         print(
             f"\n{exp.model.name} on {exp.data.name}, float: val {prepared.fp_val_acc:.4f}, "
             f"test {prepared.fp_test_acc:.4f}"
         )
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        print(f"\nwritten: {out_dir / 'uniform.json'}")
+        print(f"\nwritten: {out_dir / 'uniform.json'}, {collected['store']}")
     return {
         "experiment": exp.name,
         "fp_val_acc": prepared.fp_val_acc,
         "fp_test_acc": prepared.fp_test_acc,
+        "collect": collected,
         "uniform": rows,
-        "report": {"uniform": str(out_dir / "uniform.json")},
+        "report": {"uniform": str(out_dir / "uniform.json"), "evaluations": collected["store"]},
     }
 
 
@@ -354,67 +367,102 @@ def _open_store(args: argparse.Namespace, exp):
     return root
 
 
-def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
-    from aqgan_ray.collect import collect
+@dataclass
+class _Stack:
+    """What every command that evaluates on Ray works with."""
+
+    exp: Any
+    prepared: Any
+    splits: Any
+    service: Any
+    cluster: dict[str, Any]
+    quarantined: list[str]
+
+
+@contextlib.contextmanager
+def _evaluation_stack(args: argparse.Namespace, exp) -> Iterator[_Stack]:
+    """Store, Ray, base model, evaluators: checked in the order that fails fastest, so bad input
+    never waits for training, and the actors start only if a config misses the store."""
     from aqgan_ray.evaluate import evaluation_key
     from aqgan_ray.pool import EvaluatorPool, PoolSpec, connect, plan_workers
     from aqgan_ray.service import EvaluationService
     from aqgan_ray.store import EvaluationStore
 
-    if args.samples < 0:
-        raise UserError("--samples must be a non-negative number of configs")
-    exp = _experiment(args)
     root = _open_store(args, exp)
     spec = PoolSpec(args.workers, args.cpus_per_worker, args.gpus_per_worker)
-    cluster = connect(args.address)  # an unreachable cluster fails before any training
-    plan_workers(spec)  # so does a request for more evaluators than the cluster holds
+    cluster = connect(args.address)
+    plan_workers(spec)
     prepared, splits = _prepare(args, exp)
     store = EvaluationStore(root, evaluation_key(prepared, splits.val_x, splits.val_y))
-    quarantined = store.quarantine_unreadable()
-    workers = 0
-    if args.samples > len(store):
-        train = (splits.train_x, splits.train_y) if exp.eval.finetune_steps else None
-        with EvaluatorPool(prepared, (splits.val_x, splits.val_y), train, spec) as pool:
-            workers = pool.size
-            pool.worker_pids()  # every actor built and running this aqgan-ray version
-            stats = collect(
-                EvaluationService(store, pool),
-                prepared.layer_names,
-                exp.quant.bit_choices,
-                args.samples,
-                exp.seed,
-            )
-    else:
-        stats = None
-    accs = [row["val_acc"] for row in store.rows()]
-    out = {
-        "requested": args.samples,
-        "evaluated_now": stats.evaluated_now if stats else 0,
-        "total": len(store),
-        "nodes": len(stats.node_ids) if stats else 0,
-        "node_ids": list(stats.node_ids) if stats else [],
-        "cluster": cluster,
-        "workers": workers,
-        "replaced_workers": stats.replaced_workers if stats else 0,
-        "wall_s": stats.wall_s if stats else 0.0,
-        "evals_per_s": stats.evals_per_s if stats else 0.0,
-        "eval_cpu_s": stats.eval_cpu_s if stats else 0.0,
-        "store": str(root),
-        "quarantined_parts": [str(p) for p in quarantined],
-        "val_acc_histogram": _histogram(accs, prepared.fp_val_acc),
+    quarantined = [str(p) for p in store.quarantine_unreadable()]
+    train = (splits.train_x, splits.train_y) if exp.eval.finetune_steps else None
+
+    def make_pool() -> EvaluatorPool:
+        pool = EvaluatorPool(prepared, (splits.val_x, splits.val_y), train, spec)
+        pool.worker_pids()  # every actor built and running this aqgan-ray version
+        return pool
+
+    service = EvaluationService(store, make_pool)
+    try:
+        with store:
+            yield _Stack(exp, prepared, splits, service, cluster, quarantined)
+    finally:
+        service.close()
+
+
+def _collect_stage(stack: _Stack, samples: int, progress: bool = True) -> dict[str, Any]:
+    from aqgan_ray.collect import collect
+
+    exp, store = stack.exp, stack.service.store
+    stats = collect(
+        stack.service,
+        stack.prepared.layer_names,
+        exp.quant.bit_choices,
+        samples,
+        exp.seed,
+        progress=progress,
+    )
+    return {
+        "requested": samples,
+        "evaluated_now": stats.evaluated_now,
+        "total": stats.total,
+        "nodes": len(stats.node_ids),
+        "node_ids": list(stats.node_ids),
+        "cluster": stack.cluster,
+        "workers": stack.service.workers,
+        "replaced_workers": stats.replaced_workers,
+        "wall_s": stats.wall_s,
+        "evals_per_s": stats.evals_per_s,
+        "eval_cpu_s": stats.eval_cpu_s,
+        "store": str(store.root),
+        "quarantined_parts": stack.quarantined,
+        "val_acc_histogram": _histogram(
+            [row["val_acc"] for row in store.rows()], stack.prepared.fp_val_acc
+        ),
     }
+
+
+def _collect_text(out: dict[str, Any]) -> None:
+    print(
+        f"store {out['store']}: {out['total']} distinct configs ({out['evaluated_now']} "
+        f"evaluated now on {out['nodes']} node(s), {out['workers']} evaluator(s), "
+        f"{out['evals_per_s']:.2f} evals/s)"
+    )
+    print("validation accuracy of the stored configs:")
+    for row in out["val_acc_histogram"]:
+        bar = "#" * min(60, row["configs"])
+        print(f"  {row['from']:.2f}-{row['to']:.2f}  {row['configs']:5d}  {bar}")
+
+
+def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
+    exp = _experiment(args)
+    samples = exp.collect.samples if args.samples is None else args.samples
+    if samples < 0:
+        raise UserError("--samples must be a non-negative number of configs")
+    with _evaluation_stack(args, exp) as stack:
+        out = _collect_stage(stack, samples)
     if not args.json:
-        print(
-            f"store {root}: {out['total']} distinct configs ({out['evaluated_now']} evaluated now "
-            f"on {out['nodes']} node(s), {out['workers']} evaluator(s), "
-            f"{out['evals_per_s']:.2f} evals/s)"
-        )
-        print("validation accuracy of the stored configs:")
-        for row in out["val_acc_histogram"]:
-            print(
-                f"  {row['from']:.2f}-{row['to']:.2f}  {row['configs']:5d}  "
-                + "#" * min(60, row["configs"])
-            )
+        _collect_text(out)
     return out
 
 
@@ -425,7 +473,7 @@ def _histogram(accs: Sequence[float], fp_acc: float, bins: int = 10) -> list[dic
     top = max([fp_acc, *accs]) if accs else fp_acc
     counts, edges = np.histogram(accs, bins=bins, range=(0.0, top))
     return [
-        {"from": float(lo), "to": float(hi), "configs": int(c)}
+        {"from": round(float(lo), 4), "to": round(float(hi), 4), "configs": int(c)}
         for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)
     ]
 

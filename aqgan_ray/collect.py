@@ -111,5 +111,5 @@ def collect(
         node_ids=tuple(sorted(nodes)),
         wall_s=time.perf_counter() - start,
         eval_cpu_s=cpu_s,
-        replaced_workers=service.pool.replaced,
+        replaced_workers=service.replaced_workers,
     )

@@ -85,10 +85,8 @@ class Evaluator:
             correct += (logits.argmax(1).cpu() == labels[start : start + bs]).sum().item()
         return correct / len(images)
 
-    def evaluate(self, config: QuantConfig, with_test: bool = False) -> EvalResult:
-        if with_test and self.test is None:
-            raise ValueError("this evaluator holds no test split")
-        start = time.perf_counter()
+    def _set(self, config: QuantConfig) -> None:
+        """Put the model in ``config``'s state: quantized, fine-tuned first if the spec says so."""
         spec = self.spec
         if spec.finetune_steps > 0:
             train_x, train_y = self.train
@@ -105,9 +103,22 @@ class Evaluator:
             )
         else:
             self.qmodel.apply(config)
+
+    def evaluate(self, config: QuantConfig, with_test: bool = False) -> EvalResult:
+        if with_test and self.test is None:
+            raise ValueError("this evaluator holds no test split")
+        start = time.perf_counter()
+        self._set(config)
         val_acc = self.accuracy(*self.val)
         test_acc = self.accuracy(*self.test) if with_test else None
         return EvalResult(config.hash, val_acc, test_acc, time.perf_counter() - start)
+
+    def test_accuracy(self, config: QuantConfig) -> float:
+        """Held-out accuracy of a chosen config, for final reporting only."""
+        if self.test is None:
+            raise ValueError("this evaluator holds no test split")
+        self._set(config)
+        return self.accuracy(*self.test)
 
     def float_accuracy(self, images: Tensor, labels: Tensor) -> float:
         """Accuracy of the float (BN-folded) model, leaving the evaluator in float state."""

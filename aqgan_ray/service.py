@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from aqgan_ray.config import QuantConfig
-from aqgan_ray.pool import EvaluatorPool
+from aqgan_ray.pool import Evaluated, EvaluatorPool
 from aqgan_ray.store import EvaluationStore
 
 
@@ -27,11 +27,35 @@ class Outcome:
 
 
 class EvaluationService:
-    def __init__(self, store: EvaluationStore, pool: EvaluatorPool):
+    """``pool`` is an evaluator pool, or a function making one: then the actors start only
+    when a config misses the store, and a run answered from the store starts none."""
+
+    def __init__(self, store: EvaluationStore, pool: EvaluatorPool | Callable[[], EvaluatorPool]):
         self.store = store
-        self.pool = pool
+        self._pool = pool if isinstance(pool, EvaluatorPool) else None
+        self._make_pool = None if isinstance(pool, EvaluatorPool) else pool
         self.evaluated = 0  # evaluations run by this service (cache misses)
         self.requested = 0
+
+    @property
+    def pool(self) -> EvaluatorPool:
+        if self._pool is None:
+            self._pool = self._make_pool()
+        return self._pool
+
+    @property
+    def workers(self) -> int:
+        return self._pool.size if self._pool is not None else 0
+
+    @property
+    def replaced_workers(self) -> int:
+        return self._pool.replaced if self._pool is not None else 0
+
+    def close(self) -> None:
+        """Stop the actors this service started (a pool passed in is the caller's to close)."""
+        if self._make_pool is not None and self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def imap(
         self,
@@ -60,25 +84,36 @@ class EvaluationService:
                     waiting[key] = 0
                     yield config
 
-        for done in self.pool.imap_unordered(misses()):
-            yield from _drain(ready)
-            config, result = done.config, done.result
-            self.store.add(
-                config_hash=config.hash,
-                w_bits=config.w_bits,
-                a_bits=config.a_bits,
-                val_acc=result.val_acc,
-                source=source,
-                sampler=sampler_of(config) if sampler_of else None,
-                eval_s=result.eval_s,
-                node_id=done.node_id,
-                worker_pid=done.worker_pid,
-            )
-            self.evaluated += 1
-            yield Outcome(config, result.val_acc, result.eval_s, False, done.node_id)
-            for _ in range(waiting.pop(config.hash, 0)):
-                yield Outcome(config, result.val_acc, result.eval_s, True, done.node_id)
+        pending = _Lazy(misses())
+        if not pending.empty():  # all answered from the store: no actor is started
+            for done in self.pool.imap_unordered(pending):
+                yield from _drain(ready)
+                outcome = self._record(done, source, sampler_of)
+                yield outcome
+                for _ in range(waiting.pop(outcome.config.hash, 0)):
+                    yield _as_hit(outcome)
         yield from _drain(ready)
+
+    def _record(
+        self,
+        done: Evaluated,
+        source: str,
+        sampler_of: Callable[[QuantConfig], str | None] | None,
+    ) -> Outcome:
+        config, result = done.config, done.result
+        self.store.add(
+            config_hash=config.hash,
+            w_bits=config.w_bits,
+            a_bits=config.a_bits,
+            val_acc=result.val_acc,
+            source=source,
+            sampler=sampler_of(config) if sampler_of else None,
+            eval_s=result.eval_s,
+            node_id=done.node_id,
+            worker_pid=done.worker_pid,
+        )
+        self.evaluated += 1
+        return Outcome(config, result.val_acc, result.eval_s, False, done.node_id)
 
     def evaluate(self, configs: Iterable[QuantConfig], source: str) -> list[Outcome]:
         """Outcomes in the order of ``configs`` (for proposers that ask in batches)."""
@@ -91,6 +126,24 @@ class EvaluationService:
         return [by_hash[c.hash].pop(0) for c in configs]
 
 
+class _Lazy:
+    """An iterator that can tell whether it has anything, without losing the first item."""
+
+    def __init__(self, items: Iterator[QuantConfig]):
+        self._items = items
+        self._head: list[QuantConfig] = []
+
+    def empty(self) -> bool:
+        if not self._head:
+            self._head = [next(self._items, None)]
+        return self._head[0] is None
+
+    def __iter__(self) -> Iterator[QuantConfig]:
+        if self._head and self._head[0] is not None:
+            yield self._head.pop()
+        yield from self._items
+
+
 def _drain(queue: deque[Outcome]) -> Iterator[Outcome]:
     while queue:
         yield queue.popleft()
@@ -98,3 +151,7 @@ def _drain(queue: deque[Outcome]) -> Iterator[Outcome]:
 
 def _from_row(config: QuantConfig, row: dict) -> Outcome:
     return Outcome(config, float(row["val_acc"]), float(row["eval_s"]), True, row["node_id"])
+
+
+def _as_hit(outcome: Outcome) -> Outcome:
+    return Outcome(outcome.config, outcome.val_acc, outcome.eval_s, True, outcome.node_id)

@@ -57,6 +57,13 @@ class EvalSpec:
 
 
 @dataclass(frozen=True)
+class CollectSpec:
+    """The one-time dataset AQGAN learns from (``collect``, and the first stage of ``run``)."""
+
+    samples: int = 200  # distinct configs in the evaluation store
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     seed: int = 0
@@ -65,6 +72,7 @@ class Experiment:
     train: TrainSpec = field(default_factory=TrainSpec)
     quant: QuantSpec = field(default_factory=QuantSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
+    collect: CollectSpec = field(default_factory=CollectSpec)
 
 
 _SECTIONS = {
@@ -73,6 +81,7 @@ _SECTIONS = {
     "train": TrainSpec,
     "quant": QuantSpec,
     "eval": EvalSpec,
+    "collect": CollectSpec,
 }
 
 
@@ -136,7 +145,7 @@ def _validated(exp: Experiment) -> Experiment:
     model = replace(exp.model, name=canonical_name(exp.model.name))
     quant = replace(exp.quant, bit_choices=validate_choices(exp.quant.bit_choices))
     data = replace(exp.data, seed=exp.seed)
-    for section, obj in (("train", exp.train), ("eval", exp.eval)):
+    for section, obj in (("train", exp.train), ("eval", exp.eval), ("collect", exp.collect)):
         for f in fields(obj):
             val = getattr(obj, f.name)
             if isinstance(val, (int, float)) and not isinstance(val, bool) and val < 0:
