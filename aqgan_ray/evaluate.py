@@ -48,6 +48,13 @@ class Evaluator:
         Images stay on the CPU as uint8 and move to ``device`` one batch at a time."""
         self.prepared = prepared
         self.device = torch.device(device)
+        if self.device.type == "cuda":
+            # Full float32 on the GPU. With TF32 (PyTorch's default for cuDNN convolutions) a
+            # value near a quantization step rounds the other way and predictions flip: 16 of
+            # 2000 smoke validation images on an H200; with it off, 0 on the same six configs.
+            # GPU and CPU evaluations then share one store.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.spec = spec if spec is not None else prepared.experiment.eval
         self.compiled = self.spec.compile if compile is None else compile
         if self.spec.finetune_steps > 0 and train is None:
