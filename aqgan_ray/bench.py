@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.data import Splits
@@ -92,6 +93,7 @@ def bench_scaling(
     n_configs: int,
     address: str | None = None,
     cpus_per_worker: float = 1.0,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluations per second: a plain in-process loop, one Ray actor, two Ray actors.
 
@@ -113,7 +115,10 @@ def bench_scaling(
         local = Evaluator(prepared, val=val, train=train)
         local.evaluate(warm)
         start = time.perf_counter()
-        local_acc = [local.evaluate(c).val_acc for c in configs]
+        local_acc = [
+            local.evaluate(c).val_acc
+            for c in tqdm(configs, desc="in-process loop", unit="eval", disable=not progress)
+        ]
         local_s = time.perf_counter() - start
     finally:
         torch.set_num_threads(saved_threads)
@@ -126,7 +131,14 @@ def bench_scaling(
         with EvaluatorPool(prepared, val, train, spec) as pool:
             warm_s = pool.warm_up(warm)
             start = time.perf_counter()
-            ray_acc = {e.config.hash: e.result.val_acc for e in pool.imap_unordered(configs)}
+            done = tqdm(
+                pool.imap_unordered(configs),
+                total=len(configs),
+                desc=f"ray, {workers} actor(s)",
+                unit="eval",
+                disable=not progress,
+            )
+            ray_acc = {e.config.hash: e.result.val_acc for e in done}
             figures[workers] = (time.perf_counter() - start, warm_s)
         diff = max(abs(ray_acc[c.hash] - a) for c, a in zip(configs, local_acc, strict=True))
         if diff * len(splits.val_x) > 2:  # more than float reordering can flip
