@@ -22,6 +22,8 @@ from aqgan_ray.service import EvaluationService, Outcome
 SOURCE = "collect"
 # A sampler that proposes only known configs this many times in a row has run out of room.
 MAX_REDRAWS = 10_000
+# A long collection writes a part every few seconds; past this many parts they are merged.
+COMPACT_OVER_PARTS = 32
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ def collect(
                     on_result(outcome)
     finally:
         bar.close()
+    if store.part_count() > COMPACT_OVER_PARTS:
+        store.compact()
     return CollectStats(
         requested=samples,
         evaluated_now=done,

@@ -118,13 +118,7 @@ def plan_workers(spec: PoolSpec) -> int:
     if cpu <= 0 or gpu < 0:
         raise UserError("--cpus-per-worker must be positive and --gpus-per-worker non-negative")
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-
-    def fits(res: dict) -> int:
-        by_cpu = math.floor(res.get("CPU", 0) / cpu + 1e-9)
-        by_gpu = math.floor(res.get("GPU", 0) / gpu + 1e-9) if gpu else by_cpu
-        return min(by_cpu, by_gpu)
-
-    capacity = sum(fits(res) for res in nodes)
+    capacity = _capacity(spec)
     if capacity == 0:
         largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
         raise UserError(
@@ -151,6 +145,18 @@ def _code_version() -> str:
         return version("aqgan-ray")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _capacity(spec: PoolSpec) -> int:
+    """Evaluators of ``spec``'s size that the live nodes hold (an actor fits on one node)."""
+    cpu, gpu = spec.cpus_per_worker, spec.gpus_per_worker
+
+    def fits(res: dict) -> int:
+        by_cpu = math.floor(res.get("CPU", 0) / cpu + 1e-9)
+        by_gpu = math.floor(res.get("GPU", 0) / gpu + 1e-9) if gpu else by_cpu
+        return min(by_cpu, by_gpu)
+
+    return sum(fits(n["Resources"]) for n in ray.nodes() if n["Alive"])
 
 
 class _EvaluatorActor:
@@ -245,14 +251,14 @@ class EvaluatorPool:
         """Evaluate ``configs`` and yield results as they complete.
 
         ``configs`` is pulled lazily, only when an actor has room, so a proposer may base its
-        next config on the results yielded so far.
+        next config on the results yielded so far. Tasks still queued when the caller stops
+        early are cancelled.
         """
         source = iter(configs)
         retry: deque[QuantConfig] = deque()
-        pending: dict[ray.ObjectRef, tuple[int, QuantConfig]] = {}
-        load = [0] * len(self.actors)
+        pending: dict[ray.ObjectRef, tuple[object, QuantConfig]] = {}
+        load = {id(a): 0 for a in self.actors}
         exhausted = False
-        max_replacements = 3 * len(self.actors) + 3
 
         def next_config() -> QuantConfig | None:
             nonlocal exhausted
@@ -264,42 +270,60 @@ class EvaluatorPool:
             exhausted = config is None
             return config
 
-        while True:
-            for i in range(len(self.actors)):
-                while load[i] < TASKS_PER_ACTOR:
-                    config = next_config()
-                    if config is None:
-                        break
-                    pending[self.actors[i].evaluate.remote(config)] = (i, config)
-                    load[i] += 1
-            if not pending:
-                return
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            i, config = pending.pop(ready[0])
-            load[i] -= 1
-            try:
-                result, node_id, pid = ray.get(ready[0])
-            except RayActorError as exc:
-                self.replaced += 1
-                if self.replaced > max_replacements:
-                    raise RuntimeError(
-                        f"evaluator actors keep dying ({self.replaced} replaced); last: {exc}"
-                    ) from exc
-                print(
-                    f"warning: evaluator {i} died ({type(exc).__name__}); replacing it and "
-                    "re-queueing its configs",
-                    file=sys.stderr,
-                )
-                retry.append(config)
-                for ref, (j, other) in list(pending.items()):
-                    if j == i:
-                        del pending[ref]
-                        retry.append(other)
-                ray.kill(self.actors[i], no_restart=True)
-                self.actors[i] = self._spawn()
-                load[i] = 0
-                continue
-            yield Evaluated(config, result, node_id, pid)
+        try:
+            while True:
+                for actor in self.actors:
+                    while load[id(actor)] < TASKS_PER_ACTOR:
+                        config = next_config()
+                        if config is None:
+                            break
+                        pending[actor.evaluate.remote(config)] = (actor, config)
+                        load[id(actor)] += 1
+                if not pending:
+                    return
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                actor, config = pending.pop(ready[0])
+                load[id(actor)] -= 1
+                try:
+                    result, node_id, pid = ray.get(ready[0])
+                except RayActorError as exc:
+                    retry.append(config)
+                    for ref, (other_actor, other) in list(pending.items()):
+                        if other_actor is actor:
+                            del pending[ref]
+                            retry.append(other)
+                    new = self._replace(actor, exc)
+                    if new is not None:
+                        load[id(new)] = 0
+                    continue
+                yield Evaluated(config, result, node_id, pid)
+        finally:
+            for ref in pending:  # queued behind a running task; the running one finishes
+                ray.cancel(ref)
+
+    def _replace(self, dead, exc: RayActorError):
+        """A new actor in place of ``dead``, or none if the cluster has lost the room for it
+        (a node went away): the pool shrinks rather than wait forever for resources."""
+        self.replaced += 1
+        if self.replaced > 3 * self.size + 3:
+            raise RuntimeError(f"evaluator actors keep dying ({self.replaced} replaced): {exc}")
+        ray.kill(dead, no_restart=True)
+        slot = self.actors.index(dead)
+        room = _capacity(self.spec) >= len(self.actors)
+        what = "replacing it" if room else "the cluster has no room for another, continuing with"
+        print(
+            f"warning: an evaluator died ({type(exc).__name__}); {what}"
+            + ("" if room else f" {len(self.actors) - 1}")
+            + "; its configs are queued again",
+            file=sys.stderr,
+        )
+        if room:
+            self.actors[slot] = self._spawn()
+            return self.actors[slot]
+        del self.actors[slot]
+        if not self.actors:
+            raise UserError("every evaluator node is gone; the results so far are in the store")
+        return None
 
     def close(self) -> None:
         for actor in self.actors:

@@ -169,6 +169,9 @@ class EvaluationStore:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def part_count(self) -> int:
+        return len(self._parts())
+
     def __contains__(self, config_hash: object) -> bool:
         return config_hash in self._rows
 
