@@ -13,9 +13,15 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from aqgan_ray.errors import UserError
+
+if TYPE_CHECKING:  # the heavy modules load only in the commands that use them
+    from aqgan_ray.data import Splits
+    from aqgan_ray.prepare import Prepared
+    from aqgan_ray.service import EvaluationService
+    from aqgan_ray.settings import Experiment
 
 
 class _Parser(argparse.ArgumentParser):
@@ -371,10 +377,10 @@ def _open_store(args: argparse.Namespace, exp):
 class _Stack:
     """What every command that evaluates on Ray works with."""
 
-    exp: Any
-    prepared: Any
-    splits: Any
-    service: Any
+    exp: Experiment
+    prepared: Prepared
+    splits: Splits
+    service: EvaluationService
     cluster: dict[str, Any]
     quarantined: list[str]
 

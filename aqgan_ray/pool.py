@@ -92,7 +92,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict[str
             try:
                 ray.init(address=address, logging_level="WARNING")
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise UserError(
                     f"cannot join the Ray cluster at {address}: {first} (a cluster with token "
                     "authentication needs its token: RAY_AUTH_TOKEN or ~/.ray/auth_token)"
@@ -139,12 +139,20 @@ def plan_workers(spec: PoolSpec) -> int:
 
 
 def _code_version() -> str:
+    """The package version plus a digest of its sources: a node where `ray up` did not ship
+    the latest edit differs even when the version number does not."""
+    import hashlib
     from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
 
     try:
-        return version("aqgan-ray")
+        release = version("aqgan-ray")
     except PackageNotFoundError:
-        return "unknown"
+        release = "unknown"
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return f"{release}+{digest.hexdigest()[:8]}"
 
 
 def _capacity(spec: PoolSpec) -> int:
