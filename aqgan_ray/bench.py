@@ -162,3 +162,34 @@ def bench_scaling(
         "ray_overhead": one_s / local_s - 1.0,
         "actor_warm_up_s": figures[1][1],
     }
+
+
+def bench_generate(
+    loaded, prepared: Prepared, splits: Splits, n: int = 1000, repeats: int = 5
+) -> dict[str, Any]:
+    """Generating and selecting ``n`` proposals (priced on BitFusion under a latency budget),
+    with the model loaded, against one real evaluation of a config on the validation split."""
+    from aqgan_ray.cost import get_hw_model, parse_budget
+    from aqgan_ray.select import propose
+
+    layers = prepared.layers
+    choices = prepared.experiment.quant.bit_choices
+    hw = get_hw_model("bitfusion", layers, choices)
+    budget = parse_budget("latency_ms=0.7x", hw, layers, min(choices))
+    target = float(loaded.model.scaler.unscale(0.9))
+    seeds = iter(range(10_000))
+    generate_s = _median_time(
+        lambda: propose(loaded, layers, target, n, 5, next(seeds), hw, budget), repeats
+    )
+    evaluator = Evaluator(prepared, val=(splits.val_x, splits.val_y), compile=False)
+    configs = iter(_random_configs(prepared, repeats + 1))
+    eval_s = _median_time(lambda: evaluator.evaluate(next(configs)), repeats)
+    return {
+        "benchmark": "generate",
+        "model": prepared.experiment.model.name,
+        "proposals": n,
+        "torch_threads": torch.get_num_threads(),
+        "generate_select_s": generate_s,
+        "one_evaluation_s": eval_s,
+        "evaluations_per_generation": eval_s / generate_s,
+    }

@@ -102,6 +102,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--samples", type=int, default=None, metavar="N", help="store size (default: preset's)"
     )
+    p = sub.add_parser("train", help="train AQGAN on the evaluation store, then verify fidelity")
+    _common(p)
+    _ray_args(p)
+    p.add_argument(
+        "--tune-samples",
+        type=int,
+        default=0,
+        metavar="T",
+        help="search the GAN's hyperparameters with Ray Tune + Optuna over T trials (resumable)",
+    )
+    p.add_argument("--steps", type=int, default=None, help="generator updates (default: preset)")
+    p.add_argument(
+        "--fidelity-targets",
+        type=int,
+        default=5,
+        metavar="M",
+        help="targets over the store's range on which proposals are verified (0: skip)",
+    )
+    p.add_argument("--top", type=int, default=3, metavar="K", help="proposals verified per target")
+    p = sub.add_parser("generate", help="configs for a target accuracy and/or a hardware budget")
+    _common(p)
+    _ray_args(p)
+    p.add_argument("--target-acc", type=float, default=None, metavar="X")
+    p.add_argument("--hw", default=None, metavar="NAME", help="hardware model to price on")
+    p.add_argument("--budget", default=None, metavar="METRIC=V", help="e.g. latency_ms=0.5x")
+    p.add_argument("--n", type=int, default=1000, help="proposals sampled per target")
+    p.add_argument("--top", type=int, default=5, metavar="K", help="proposals returned")
+    p.add_argument("--verify", action="store_true", help="evaluate the top K for real")
     p = sub.add_parser("run", help="the experiment end to end")
     _common(p)
     _ray_args(p)
@@ -110,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     _ray_args(p)
     p.add_argument(
         "name",
-        choices=["eval", "scaling"],
-        help="eval: quantized vs FP32 forward; scaling: 1 vs 2 actors, Ray vs in-process",
+        choices=["eval", "scaling", "generate"],
+        help="eval: quantized vs FP32 forward; scaling: 1 vs 2 actors, Ray vs in-process; "
+        "generate: 1000 proposals vs one evaluation",
     )
     p.add_argument("--repeats", type=int, default=5, help="eval: timed repetitions (median)")
     p.add_argument("--configs", type=int, default=24, help="scaling: configs per measurement")
@@ -241,7 +270,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "fp_val_acc": prepared.fp_val_acc,
         "fp_test_acc": prepared.fp_test_acc,
         "eval_s": result.eval_s,
-        "cost": _costs(args, prepared.layers, config, exp.quant.bit_choices),
+        "cost": _costs(args.hw, prepared.layers, config, exp.quant.bit_choices),
     }
     if not args.json:
         print(
@@ -269,20 +298,20 @@ def _static_layers(args: argparse.Namespace):
 def cmd_cost(args: argparse.Namespace) -> dict[str, Any]:
     exp, layers = _static_layers(args)
     config = _parse_config(args, [layer.name for layer in layers], exp.quant.bit_choices)
-    cost = _costs(args, layers, config, exp.quant.bit_choices)
+    cost = _costs(args.hw, layers, config, exp.quant.bit_choices)
     if not args.json:
         print(_cost_text(cost))
     return {"config_hash": config.hash, **config.to_dict(), "cost": cost}
 
 
-def _costs(args: argparse.Namespace, layers, config, choices) -> dict[str, Any]:
+def _costs(hw_names: Sequence[str], layers, config, choices) -> dict[str, Any]:
     """The contract's cost object, plus any ``--hw`` model it does not already hold."""
     import numpy as np
 
     from aqgan_ray.cost import config_costs, get_hw_model
 
     cost = config_costs(layers, config)
-    for name in args.hw:
+    for name in hw_names:
         model = get_hw_model(name, layers, choices)
         if name in cost:
             continue
@@ -472,6 +501,190 @@ def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _checkpoint_path(args: argparse.Namespace, exp) -> Path:
+    return Path(args.results) / exp.name / "aqgan.pt"
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    import time
+    from dataclasses import replace
+
+    from aqgan_ray import aqgan, gan
+
+    exp = _experiment(args)
+    if args.tune_samples < 0 or args.fidelity_targets < 0 or args.top < 1:
+        raise UserError("--tune-samples and --fidelity-targets must be >= 0, --top >= 1")
+    if args.steps is not None and args.steps < 1:
+        raise UserError("--steps must be at least 1")
+    spec = gan.GanSpec(seed=exp.seed)
+    if args.steps is not None:
+        spec = replace(spec, steps=args.steps)
+    with _evaluation_stack(args, exp) as stack:
+        store = stack.service.store
+        choices = exp.quant.bit_choices
+        data = aqgan.training_data(store.rows(), stack.prepared.layer_names, choices)
+        start = time.perf_counter()
+        tuned: dict[str, Any] = {}
+        if args.tune_samples:
+            from aqgan_ray import tune
+
+            storage = Path(args.results) / exp.name / "tune"
+            tuned, metrics, state = tune.search(
+                data, list(choices), spec, args.tune_samples, storage, exp.seed
+            )
+            model, spec = aqgan.model_from_state(state, data.idx.shape[1], choices)
+        else:
+            model, metrics, _ = aqgan.fit(data, choices, spec)
+        train_s = time.perf_counter() - start
+        key = store.eval_key
+        path = aqgan.save_checkpoint(
+            _checkpoint_path(args, exp),
+            model,
+            spec,
+            stack.prepared.layer_names,
+            choices,
+            key,
+            metrics,
+            aqgan.model_id(exp),
+        )
+        loaded = aqgan.load_checkpoint(
+            path, stack.prepared.layer_names, choices, aqgan.model_id(exp)
+        )
+        fidelity = _fidelity(args, stack, loaded) if args.fidelity_targets else []
+    errors = [abs(r["achieved_val_acc"] - r["target_acc"]) for r in fidelity]
+    out = {
+        "checkpoint": str(path),
+        "store_configs": len(data.acc),
+        "train_s": train_s,
+        "tune": tuned,
+        **{k: metrics[k] for k in ("heldout_mae", "cond_err", "objective")},
+        "fidelity_mae": float(sum(errors) / len(errors)) if errors else None,
+        "fidelity_max_err": max(errors) if errors else None,
+        "fidelity_evaluations": len(fidelity),
+        "fidelity": fidelity,
+    }
+    if fidelity:
+        from aqgan_ray.store import write_table
+
+        out["fidelity_table"] = str(write_table(fidelity, path.with_name("fidelity.parquet")))
+    if not args.json:
+        print(
+            f"AQGAN trained on {len(data.acc)} configs in {train_s:.1f} s -> {path}\n"
+            f"held-out predictor error {metrics['heldout_mae']:.4f}, "
+            f"generator miss {metrics['cond_err']:.4f}"
+        )
+        for r in fidelity:
+            print(
+                f"  target {r['target_acc']:.4f}  predicted {r['predicted_acc']:.4f}  "
+                f"achieved {r['achieved_val_acc']:.4f}"
+            )
+        if errors:
+            mae = out["fidelity_mae"]
+            print(f"fidelity: mean |achieved - target| {mae:.4f}, max {max(errors):.4f}")
+    return out
+
+
+def _fidelity(args: argparse.Namespace, stack: _Stack, loaded) -> list[dict[str, Any]]:
+    """Verify the top proposals over a grid of targets spanning the store's accuracy range
+    (its lowest 15% left out: targets near chance are not what anyone asks for)."""
+    import numpy as np
+
+    from aqgan_ray.select import propose
+
+    lo, hi = loaded.model.scaler.lo, loaded.model.scaler.hi
+    targets = np.linspace(lo + 0.15 * (hi - lo), hi, args.fidelity_targets)
+    rows = []
+    for t_i, target in enumerate(targets):
+        proposals = propose(
+            loaded, stack.prepared.layers, float(target), 256, args.top, seed=1000 + t_i
+        )
+        outcomes = stack.service.evaluate([p.config for p in proposals], source="aqgan")
+        for rank, (p, o) in enumerate(zip(proposals, outcomes, strict=True)):
+            rows.append(
+                {
+                    "target_acc": float(target),
+                    "rank": rank,
+                    "predicted_acc": p.predicted_acc,
+                    "predicted_std": p.predicted_std,
+                    "achieved_val_acc": o.val_acc,
+                    "config_hash": p.config.hash,
+                    "cached": o.cached,
+                    "distinct_in_top": len({q.config.hash for q in proposals}),
+                }
+            )
+    return rows
+
+
+def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
+    import time
+
+    from aqgan_ray import aqgan
+    from aqgan_ray.cost import get_hw_model, parse_budget
+    from aqgan_ray.select import best_under_budget, propose
+
+    if args.target_acc is not None and not 0.0 <= args.target_acc <= 1.0:
+        raise UserError(f"--target-acc {args.target_acc} must be an accuracy in [0, 1]")
+    if args.budget is not None and args.hw is None:
+        raise UserError("--budget needs --hw NAME: the hardware model the budget is priced on")
+    if args.target_acc is None and args.budget is None:
+        raise UserError("give --target-acc X, or --hw H --budget METRIC=V, or both")
+    if args.n < 1 or args.top < 1:
+        raise UserError("--n and --top must be at least 1")
+    exp, layers = _static_layers(args)
+    choices = exp.quant.bit_choices
+    names = [layer.name for layer in layers]
+    loaded = aqgan.load_checkpoint(_checkpoint_path(args, exp), names, choices, aqgan.model_id(exp))
+    hw = get_hw_model(args.hw, layers, choices) if args.hw else None
+    budget = parse_budget(args.budget, hw, layers, min(choices)) if args.budget else None
+    start = time.perf_counter()
+    if args.target_acc is None:
+        proposals = best_under_budget(loaded, layers, args.n, args.top, exp.seed, hw, budget)
+    else:
+        proposals = propose(loaded, layers, args.target_acc, args.n, args.top, exp.seed, hw, budget)
+    generate_s = time.perf_counter() - start
+    out_props = []
+    for p in proposals:
+        out_props.append(
+            {
+                "config_hash": p.config.hash,
+                **p.config.to_dict(),
+                "target_acc": p.target_acc,
+                "predicted_acc": p.predicted_acc,
+                "predicted_std": p.predicted_std,
+                "cost": _costs([args.hw] if args.hw else [], layers, p.config, choices),
+                "within_budget": p.within_budget,
+            }
+        )
+    out: dict[str, Any] = {
+        "proposals": out_props,
+        "generate_s": generate_s,
+        "sampled": args.n,
+        "budget": None if budget is None else {"metric": budget.metric, "value": budget.value},
+    }
+    if args.verify and proposals:
+        with _evaluation_stack(args, exp) as stack:
+            if stack.service.store.eval_key != loaded.eval_key:
+                raise UserError(
+                    "the AQGAN checkpoint was trained on evaluations of another setup (seed, "
+                    "preset or checkpoint); train it again for this one"
+                )
+            outcomes = stack.service.evaluate([p.config for p in proposals], source="aqgan")
+        for row, o in zip(out_props, outcomes, strict=True):
+            row["val_acc"], row["cached"] = o.val_acc, o.cached
+        out["verify_evaluations"] = len(outcomes)
+    if not proposals:
+        print("no proposal fits; raise the budget or lower the target", file=sys.stderr)
+    if not args.json:
+        for row in out_props:
+            achieved = f"  achieved {row['val_acc']:.4f}" if "val_acc" in row else ""
+            print(
+                f"{row['config_hash']}  predicted {row['predicted_acc']:.4f}{achieved}  "
+                f"w {row['w_bits']}  a {row['a_bits']}"
+            )
+        print(f"{len(out_props)} proposals from {args.n} samples in {generate_s * 1000:.1f} ms")
+    return out
+
+
 def _histogram(accs: Sequence[float], fp_acc: float, bins: int = 10) -> list[dict[str, Any]]:
     """Counts over [0, float accuracy]: does the store cover the range users will ask for?"""
     import numpy as np
@@ -497,7 +710,18 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
         connect(args.address)
     prepared, splits = _prepare(args, exp)
-    if args.name == "scaling":
+    if args.name == "generate":
+        from aqgan_ray import aqgan
+        from aqgan_ray.bench import bench_generate
+
+        loaded = aqgan.load_checkpoint(
+            _checkpoint_path(args, exp),
+            prepared.layer_names,
+            exp.quant.bit_choices,
+            aqgan.model_id(exp),
+        )
+        figures = bench_generate(loaded, prepared, splits, repeats=args.repeats)
+    elif args.name == "scaling":
         figures = bench_scaling(prepared, splits, args.configs, args.address, args.cpus_per_worker)
     else:
         figures = bench_eval(prepared, splits, repeats=args.repeats)
@@ -516,6 +740,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "evaluate": cmd_evaluate,
     "cost": cmd_cost,
     "collect": cmd_collect,
+    "train": cmd_train,
+    "generate": cmd_generate,
     "run": cmd_run,
     "bench": cmd_bench,
 }

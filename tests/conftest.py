@@ -108,3 +108,32 @@ def ray_cluster():
             except ProcessLookupError:
                 pass
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def collected(ray_cluster, smoke, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results directory whose smoke store holds 60 real evaluations, collected once on the
+    loopback cluster; AQGAN tests train on it. Returns the ``--results`` directory."""
+    from aqgan_ray.collect import collect
+    from aqgan_ray.evaluate import evaluation_key
+    from aqgan_ray.pool import EvaluatorPool, PoolSpec
+    from aqgan_ray.service import EvaluationService
+    from aqgan_ray.store import EvaluationStore
+
+    exp, prepared, splits = smoke
+    results = tmp_path_factory.mktemp("collected")
+    key = evaluation_key(prepared, splits.val_x, splits.val_y)
+    val = (splits.val_x, splits.val_y)
+    with (
+        EvaluationStore(results / exp.name / "evaluations", key) as store,
+        EvaluatorPool(prepared, val, spec=PoolSpec(workers=2)) as pool,
+    ):
+        collect(
+            EvaluationService(store, pool),
+            prepared.layer_names,
+            exp.quant.bit_choices,
+            60,
+            exp.seed,
+            progress=False,
+        )
+    return results

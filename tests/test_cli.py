@@ -203,3 +203,88 @@ def test_bench_scaling_reports_side_by_side(cli, tmp_path, ray_cluster):
         out["ray_1_actor_s"] / out["ray_2_actors_s"]
     )
     assert pd.read_parquet(out_file)["ray_overhead"].iloc[0] == pytest.approx(out["ray_overhead"])
+
+
+def test_train_then_generate_and_verify(cli, collected, ray_cluster):
+    """`train` on 60 real evaluations, then proposals for a target and under a budget, and
+    their verification through the evaluator actors."""
+    base = ("--experiment", "smoke", "--results", str(collected))
+    base += ("--address", ray_cluster["address"])
+    trained = _ok(
+        cli("train", *base, "--steps", "150", "--fidelity-targets", "2", "--top", "2", "--json")
+    )
+    assert trained["store_configs"] == 60 and trained["fidelity_evaluations"] == 4
+    assert 0 <= trained["fidelity_mae"] <= 1 and trained["heldout_mae"] > 0
+    fidelity = pd.read_parquet(trained["fidelity_table"])
+    assert {"target_acc", "predicted_acc", "achieved_val_acc"} <= set(fidelity.columns)
+    assert (collected / "smoke" / "aqgan.pt").is_file()
+
+    rows = pd.read_parquet(collected / "smoke" / "evaluations")
+    target = float(rows["val_acc"].quantile(0.8))
+    out = _ok(cli("generate", *base[:4], "--target-acc", f"{target:.3f}", "--top", "3", "--json"))
+    assert len(out["proposals"]) == 3 and out["generate_s"] < 1.0
+    first = out["proposals"][0]
+    assert {"w_bits", "a_bits", "config_hash", "cost", "within_budget", "predicted_acc"} <= set(
+        first
+    )
+    assert len(first["w_bits"]) == 53 and "bitfusion" in first["cost"]
+
+    budgeted = _ok(
+        cli("generate", *base[:4], "--hw", "bismo-edge", "--budget", "latency_ms=0.5x", "--json")
+    )
+    limit = budgeted["budget"]["value"]
+    assert budgeted["proposals"] and all(p["within_budget"] for p in budgeted["proposals"])
+    assert all(p["cost"]["bismo-edge"]["latency_ms"] <= limit for p in budgeted["proposals"])
+
+    verified = _ok(
+        cli("generate", *base, "--target-acc", f"{target:.3f}", "--top", "2", "--verify", "--json")
+    )
+    assert verified["verify_evaluations"] == 2
+    assert all(0 <= p["val_acc"] <= 1 for p in verified["proposals"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--target-acc", "1.5"], "must be an accuracy in [0, 1]"),
+        (["--hw", "bitfusion", "--budget", "latency_ms=0.01"], "below the cheapest"),
+        (["--hw", "size", "--budget", "latency_ms=1"], "does not provide latency_ms"),
+        (["--target-acc", "0.8", "--model", "resnet18"], "trained for mobilenet_v2"),
+        (["--budget", "size_bytes=0.5x"], "needs --hw"),
+    ],
+)
+def test_generate_bad_input(cli, collected, extra, fragment):
+    if not (collected / "smoke" / "aqgan.pt").is_file():
+        pytest.skip("needs the checkpoint of test_train_then_generate_and_verify")
+    _user_error(
+        cli("generate", "--experiment", "smoke", "--results", str(collected), *extra), fragment
+    )
+
+
+def test_train_refuses_a_store_too_small(cli, tmp_path, ray_cluster):
+    args = ("train", "--experiment", "smoke", "--results", str(tmp_path))
+    args += ("--address", ray_cluster["address"])
+    _user_error(cli(*args), "needs at least 30")
+    _user_error(cli("generate", *args[1:5], "--target-acc", "0.8"), "run `aqgan-ray train` first")
+
+
+def test_tune_search_runs_and_resumes(cli, collected, ray_cluster, tmp_path):
+    """Ray Tune + Optuna over 2 trials; a second call restores the experiment instead of
+    starting new trials."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(collected / "smoke" / "evaluations", results / "smoke" / "evaluations")
+    args = (
+        "train", "--experiment", "smoke", "--results", str(results), "--address",
+        ray_cluster["address"], "--tune-samples", "2", "--steps", "250", "--fidelity-targets", "0",
+        "--json",
+    )  # fmt: skip
+    first = _ok(cli(*args))
+    assert set(first["tune"]) >= {"lr_g", "cond_weight", "gumbel_tau"}
+    tune_dir = results / "smoke" / "tune" / "aqgan-tune"
+    trials = sorted(p.name for p in tune_dir.iterdir() if p.is_dir())
+    assert len(trials) == 2
+    second = _ok(cli(*args))
+    assert sorted(p.name for p in tune_dir.iterdir() if p.is_dir()) == trials
+    assert second["tune"] == first["tune"] and second["objective"] == first["objective"]

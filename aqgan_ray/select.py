@@ -1,0 +1,121 @@
+"""Generation and selection: proposals for a target accuracy, priced analytically on a
+hardware model, filtered by a budget, ranked. The paper's HW-tuning flow: no search, no
+evaluation, milliseconds per design point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from aqgan_ray import gan
+from aqgan_ray.aqgan import Loaded, configs_of
+from aqgan_ray.config import QuantConfig
+from aqgan_ray.cost import Budget, CostModel, within_budget
+from aqgan_ray.layers import Layer
+
+# Targets tried from high to low when only a budget is given.
+SWEEP_STEPS = 24
+
+
+@dataclass(frozen=True)
+class Proposal:
+    config: QuantConfig
+    target_acc: float
+    predicted_acc: float
+    predicted_std: float  # spread of the predictor ensemble
+    cost: float | None  # the budget metric on the chosen hardware model
+    within_budget: bool
+
+
+def _unique(idx: np.ndarray) -> np.ndarray:
+    """Rows of [n, L, 2] without repeats, first occurrence kept."""
+    _, first = np.unique(idx.reshape(len(idx), -1), axis=0, return_index=True)
+    return np.sort(first)
+
+
+def propose(
+    loaded: Loaded,
+    layers: Sequence[Layer],
+    target_acc: float,
+    n: int,
+    top: int,
+    seed: int,
+    hw: CostModel | None = None,
+    budget: Budget | None = None,
+) -> list[Proposal]:
+    """Up to ``top`` distinct proposals for ``target_acc``, those over budget dropped, ranked by
+    predicted distance to the target plus the predictor's uncertainty."""
+    idx, pred, std = gan.sample(loaded.model, target_acc, n, seed)
+    keep = _unique(idx)
+    idx, pred, std = idx[keep], pred[keep], std[keep]
+    cost, fits = _price(loaded, layers, idx, hw, budget)
+    order = [i for i in np.argsort(np.abs(pred - target_acc) + std) if fits[i]][:top]
+    return _proposals(loaded, idx, pred, std, cost, fits, order, target_acc)
+
+
+def best_under_budget(
+    loaded: Loaded,
+    layers: Sequence[Layer],
+    n: int,
+    top: int,
+    seed: int,
+    hw: CostModel,
+    budget: Budget,
+) -> list[Proposal]:
+    """The most accurate proposals that fit: targets swept from the highest accuracy the store
+    holds downwards, stopping once ``top`` distinct configs fit (the paper's HW-tuning flow)."""
+    lo, hi = loaded.model.scaler.lo, loaded.model.scaler.hi
+    found: dict[bytes, tuple] = {}
+    for step, target in enumerate(np.linspace(hi, lo, SWEEP_STEPS)):
+        idx, pred, std = gan.sample(loaded.model, float(target), n, seed + step)
+        keep = _unique(idx)
+        idx, pred, std = idx[keep], pred[keep], std[keep]
+        cost, fits = _price(loaded, layers, idx, hw, budget)
+        for i in np.flatnonzero(fits):
+            found.setdefault(idx[i].tobytes(), (idx[i], pred[i], std[i], cost[i], float(target)))
+        if len(found) >= top:
+            break
+    ranked = sorted(found.values(), key=lambda r: r[1] - r[2], reverse=True)[:top]
+    return [
+        Proposal(
+            configs_of(r[0][None], loaded.layer_names, loaded.bit_choices)[0],
+            r[4],
+            float(r[1]),
+            float(r[2]),
+            float(r[3]),
+            True,
+        )
+        for r in ranked
+    ]
+
+
+def _price(
+    loaded: Loaded,
+    layers: Sequence[Layer],
+    idx: np.ndarray,
+    hw: CostModel | None,
+    budget: Budget | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    if hw is None or budget is None:
+        return np.full(len(idx), np.nan), np.ones(len(idx), dtype=bool)
+    bits = np.asarray(loaded.bit_choices)[idx]
+    cost = hw.batch(layers, bits[:, :, 0], bits[:, :, 1])[budget.metric]
+    return cost, within_budget(cost, budget)
+
+
+def _proposals(loaded, idx, pred, std, cost, fits, order, target_acc) -> list[Proposal]:
+    configs = configs_of(idx[order], loaded.layer_names, loaded.bit_choices) if order else []
+    return [
+        Proposal(
+            config,
+            float(target_acc),
+            float(pred[i]),
+            float(std[i]),
+            None if np.isnan(cost[i]) else float(cost[i]),
+            bool(fits[i]),
+        )
+        for config, i in zip(configs, order, strict=True)
+    ]

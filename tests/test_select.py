@@ -1,0 +1,63 @@
+"""Generation and selection under a hardware budget, on a generator trained on real
+evaluations: distinct proposals, every returned one within budget, ranked as documented."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aqgan_ray import aqgan, gan
+from aqgan_ray.config import QuantConfig
+from aqgan_ray.cost import get_hw_model, parse_budget
+from aqgan_ray.select import best_under_budget, propose
+from aqgan_ray.store import EvaluationStore
+
+
+@pytest.fixture(scope="module")
+def loaded(collected, smoke, tmp_path_factory):
+    exp, prepared, _ = smoke
+    names, choices = prepared.layer_names, exp.quant.bit_choices
+    rows = EvaluationStore(collected / exp.name / "evaluations", None).rows()
+    data = aqgan.training_data(rows, names, choices)
+    spec = gan.GanSpec(steps=150, predictor_members=2, predictor_epochs=300)
+    model, metrics, _ = aqgan.fit(data, choices, spec)
+    path = tmp_path_factory.mktemp("ckpt") / "aqgan.pt"
+    aqgan.save_checkpoint(path, model, spec, names, choices, "k", metrics, aqgan.model_id(exp))
+    return aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp))
+
+
+def test_propose_ranks_distinct_proposals_by_distance_to_target(loaded, smoke):
+    layers = smoke[1].layers
+    target = float(loaded.model.scaler.unscale(0.8))
+    proposals = propose(loaded, layers, target, n=200, top=6, seed=0)
+    assert len(proposals) == 6 and len({p.config.hash for p in proposals}) == 6
+    keys = [abs(p.predicted_acc - target) + p.predicted_std for p in proposals]
+    assert keys == sorted(keys)
+    assert all(p.cost is None and p.within_budget for p in proposals)
+
+
+def test_every_proposal_fits_the_budget(loaded, smoke):
+    exp, prepared, _ = smoke
+    layers, choices = prepared.layers, exp.quant.bit_choices
+    hw = get_hw_model("bismo-edge", layers, choices)
+    budget = parse_budget("latency_ms=0.4x", hw, layers, min(choices))
+    target = float(loaded.model.scaler.unscale(0.9))
+    proposals = propose(loaded, layers, target, 500, 5, 0, hw, budget)
+    assert proposals and all(p.within_budget and p.cost <= budget.value for p in proposals)
+    for p in proposals:  # the cost reported is the cost model's, recomputed independently
+        cost = hw.batch(layers, np.array([p.config.w_bits]), np.array([p.config.a_bits]))
+        assert cost["latency_ms"][0] == pytest.approx(p.cost)
+
+
+def test_budget_only_returns_the_most_accurate_that_fit(loaded, smoke):
+    exp, prepared, _ = smoke
+    layers, choices = prepared.layers, exp.quant.bit_choices
+    hw = get_hw_model("size", layers, choices)
+    budget = parse_budget("size_bytes=0.5x", hw, layers, min(choices))
+    best = best_under_budget(loaded, layers, 200, 4, 0, hw, budget)
+    assert len(best) == 4 and all(p.within_budget for p in best)
+    scores = [p.predicted_acc - p.predicted_std for p in best]
+    assert scores == sorted(scores, reverse=True)
+    uniform4 = QuantConfig.uniform(prepared.layer_names, 4)  # exactly half of 8-bit size
+    size = hw.batch(layers, np.array([uniform4.w_bits]), np.array([uniform4.a_bits]))
+    assert size["size_bytes"][0] == pytest.approx(budget.value)
