@@ -205,6 +205,23 @@ def test_bench_scaling_reports_side_by_side(cli, tmp_path, ray_cluster):
     assert pd.read_parquet(out_file)["ray_overhead"].iloc[0] == pytest.approx(out["ray_overhead"])
 
 
+@pytest.fixture(scope="module")
+def checkpointed(collected, smoke, tmp_path_factory):
+    """A results directory holding only a quickly trained smoke AQGAN checkpoint."""
+    from aqgan_ray import aqgan, gan
+    from aqgan_ray.store import EvaluationStore
+
+    exp, prepared, _ = smoke
+    names, choices = prepared.layer_names, exp.quant.bit_choices
+    rows = EvaluationStore(collected / "smoke" / "evaluations", None).rows()
+    spec = gan.GanSpec(steps=20, predictor_members=1, predictor_epochs=20)
+    model, metrics, _ = aqgan.fit(aqgan.training_data(rows, names, choices), choices, spec)
+    results = tmp_path_factory.mktemp("checkpointed")
+    path = results / "smoke" / "aqgan.pt"
+    aqgan.save_checkpoint(path, model, spec, names, choices, "k", metrics, aqgan.model_id(exp))
+    return results
+
+
 def test_train_then_generate_and_verify(cli, collected, ray_cluster):
     """`train` on 60 real evaluations, then proposals for a target and under a budget, and
     their verification through the evaluator actors."""
@@ -253,12 +270,9 @@ def test_train_then_generate_and_verify(cli, collected, ray_cluster):
         (["--budget", "size_bytes=0.5x"], "needs --hw"),
     ],
 )
-def test_generate_bad_input(cli, collected, extra, fragment):
-    if not (collected / "smoke" / "aqgan.pt").is_file():
-        pytest.skip("needs the checkpoint of test_train_then_generate_and_verify")
-    _user_error(
-        cli("generate", "--experiment", "smoke", "--results", str(collected), *extra), fragment
-    )
+def test_generate_bad_input(cli, checkpointed, extra, fragment):
+    args = ("generate", "--experiment", "smoke", "--results", str(checkpointed), *extra)
+    _user_error(cli(*args), fragment)
 
 
 def test_train_refuses_a_store_too_small(cli, tmp_path, ray_cluster):
