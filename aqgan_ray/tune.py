@@ -101,6 +101,10 @@ def search(
             ),
         )
     results = tuner.fit()
+    if results.num_terminated + results.num_errors < max(samples, len(results)):
+        # Tune catches Ctrl-C itself, saves the experiment and returns: stop here as well,
+        # so that `train` exits as interrupted instead of keeping a partial search.
+        raise KeyboardInterrupt
     best = results.get_best_result(metric=METRIC, mode=MODE, scope="last")
     if best.checkpoint is None:
         raise RuntimeError(f"no Tune trial finished a report: {results.errors}")
