@@ -75,7 +75,8 @@ def search(
         ),
         {"cpu": 1},
     )
-    if tune.Tuner.can_restore(str(path)):
+    restored = tune.Tuner.can_restore(str(path))
+    if restored:  # the saved experiment keeps its own number of trials
         tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
     else:
         searcher = OptunaSearch(metric=METRIC, mode=MODE, seed=seed)
@@ -101,7 +102,8 @@ def search(
             ),
         )
     results = tuner.fit()
-    if results.num_terminated + results.num_errors < max(samples, len(results)):
+    expected = len(results) if restored else max(samples, len(results))
+    if results.num_terminated + results.num_errors < expected:
         # Tune catches Ctrl-C itself, saves the experiment and returns: stop here as well,
         # so that `train` exits as interrupted instead of keeping a partial search.
         raise KeyboardInterrupt
