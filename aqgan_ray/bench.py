@@ -167,15 +167,15 @@ def bench_scaling(
 def bench_generate(
     loaded, prepared: Prepared, splits: Splits, n: int = 1000, repeats: int = 5
 ) -> dict[str, Any]:
-    """Generating and selecting ``n`` proposals (priced on BitFusion under a latency budget),
+    """Generating and selecting ``n`` proposals (priced on BISMO-edge under a latency budget),
     with the model loaded, against one real evaluation of a config on the validation split."""
     from aqgan_ray.cost import get_hw_model, parse_budget
     from aqgan_ray.select import propose
 
     layers = prepared.layers
     choices = prepared.experiment.quant.bit_choices
-    hw = get_hw_model("bitfusion", layers, choices)
-    budget = parse_budget("latency_ms=0.7x", hw, layers, min(choices))
+    hw = get_hw_model("bismo-edge", layers, choices)
+    budget = parse_budget("latency_ms=0.5x", hw, layers, min(choices))
     target = float(loaded.model.scaler.unscale(0.9))
     seeds = iter(range(10_000))
     generate_s = _median_time(

@@ -302,3 +302,14 @@ def test_tune_search_runs_and_resumes(cli, collected, ray_cluster, tmp_path):
     second = _ok(cli(*args))
     assert sorted(p.name for p in tune_dir.iterdir() if p.is_dir()) == trials
     assert second["tune"] == first["tune"] and second["objective"] == first["objective"]
+
+
+def test_bench_generate(cli, checkpointed):
+    out = _ok(
+        cli("bench", "generate", "--experiment", "smoke", "--results", str(checkpointed),
+            "--repeats", "1", "--json")
+    )  # fmt: skip
+    assert out["proposals"] == 1000 and out["generate_select_s"] > 0
+    assert out["evaluations_per_generation"] == pytest.approx(
+        out["one_evaluation_s"] / out["generate_select_s"]
+    )
