@@ -103,6 +103,20 @@ def fit(
     return model, fidelity_metrics(model, data, holdout, n_choices), holdout
 
 
+def refit_predictor(
+    model: gan.TrainedGan, data: TrainingData, bit_values: Sequence[int], spec: gan.GanSpec
+) -> gan.TrainedGan:
+    """The deployed ranker: the predictor fitted again on every stored config, held-out ones
+    included, once the held-out split has served to measure and select. The generator keeps
+    the predictor it was trained against; only the ranking of proposals uses the refit one."""
+    c = torch.as_tensor(model.scaler.scale(data.acc), dtype=torch.float32)
+    x = gan.one_hot(data.idx, len(bit_values))
+    predictor = gan.fit_predictor(x, c, spec, bit_values, spec.seed)
+    for p in predictor.parameters():
+        p.requires_grad_(False)
+    return gan.TrainedGan(model.generator, model.discriminator, predictor, model.scaler)
+
+
 def model_state(model: gan.TrainedGan, spec: gan.GanSpec) -> dict[str, Any]:
     """The networks and their hyperparameters, as plain tensors and numbers."""
     return {

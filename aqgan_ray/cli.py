@@ -535,6 +535,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             model, spec = aqgan.model_from_state(state, data.idx.shape[1], choices)
         else:
             model, metrics, _ = aqgan.fit(data, choices, spec)
+        model = aqgan.refit_predictor(model, data, choices, spec)
         train_s = time.perf_counter() - start
         key = store.eval_key
         path = aqgan.save_checkpoint(
