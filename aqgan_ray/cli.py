@@ -534,7 +534,15 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             )
             model, spec = aqgan.model_from_state(state, data.idx.shape[1], choices)
         else:
-            model, metrics, _ = aqgan.fit(data, choices, spec)
+            from tqdm import tqdm
+
+            with tqdm(total=spec.steps, desc="train AQGAN", unit="step") as bar:
+
+                def progress(step: int, _model, metrics: dict[str, float]) -> None:
+                    bar.update(step - bar.n)
+                    bar.set_postfix(objective=f"{metrics['objective']:.4f}")
+
+                model, metrics, _ = aqgan.fit(data, choices, spec, on_report=progress)
         model = aqgan.refit_predictor(model, data, choices, spec)
         train_s = time.perf_counter() - start
         key = store.eval_key
@@ -589,13 +597,14 @@ def _fidelity(args: argparse.Namespace, stack: _Stack, loaded) -> list[dict[str,
     """Verify the top proposals over a grid of targets spanning the store's accuracy range
     (its lowest 15% left out: targets near chance are not what anyone asks for)."""
     import numpy as np
+    from tqdm import tqdm
 
     from aqgan_ray.select import propose
 
     lo, hi = loaded.model.scaler.lo, loaded.model.scaler.hi
     targets = np.linspace(lo + 0.15 * (hi - lo), hi, args.fidelity_targets)
     rows = []
-    for t_i, target in enumerate(targets):
+    for t_i, target in enumerate(tqdm(targets, desc="verify fidelity", unit="target")):
         proposals = propose(
             loaded, stack.prepared.layers, float(target), 256, args.top, seed=1000 + t_i
         )
