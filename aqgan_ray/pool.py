@@ -280,8 +280,12 @@ class EvaluatorPool:
 
         try:
             while True:
-                for actor in self.actors:
-                    while load[id(actor)] < TASKS_PER_ACTOR:
+                # Breadth first: every idle actor gets a task before any gets a second, so a
+                # batch as small as the pool runs in parallel instead of queueing on one actor.
+                for depth in range(1, TASKS_PER_ACTOR + 1):
+                    for actor in self.actors:
+                        if load[id(actor)] >= depth:
+                            continue
                         config = next_config()
                         if config is None:
                             break
