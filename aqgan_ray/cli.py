@@ -130,6 +130,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000, help="proposals sampled per target")
     p.add_argument("--top", type=int, default=5, metavar="K", help="proposals returned")
     p.add_argument("--verify", action="store_true", help="evaluate the top K for real")
+    p = sub.add_parser(
+        "baseline",
+        help="search one design point with a baseline method, on Ray (resumable); "
+        "--seed seeds the search, not the model",
+    )
+    _common(p)
+    _ray_args(p)
+    p.add_argument("method", metavar="NAME", help="haq, uniform, tpe or random")
+    p.add_argument("--hw", default=None, metavar="H", help="hardware model the budget is priced on")
+    p.add_argument("--budget", default=None, metavar="METRIC=V", help="e.g. latency_ms=0.5x")
+    p.add_argument(
+        "--evaluations",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluations to spend (default: the preset's baselines.evaluations)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        metavar="K",
+        help="configs asked at once, for parallel evaluators (default: haq 1, as HAQ; "
+        "others one per evaluator)",
+    )
     p = sub.add_parser("run", help="the experiment end to end")
     _common(p)
     _ray_args(p)
@@ -412,6 +437,7 @@ class _Stack:
     service: EvaluationService
     cluster: dict[str, Any]
     quarantined: list[str]
+    workers: int  # evaluators the pool will start
 
 
 @contextlib.contextmanager
@@ -426,7 +452,7 @@ def _evaluation_stack(args: argparse.Namespace, exp) -> Iterator[_Stack]:
     root = _open_store(args, exp)
     spec = PoolSpec(args.workers, args.cpus_per_worker, args.gpus_per_worker)
     cluster = connect(args.address)
-    plan_workers(spec)
+    workers = plan_workers(spec)
     prepared, splits = _prepare(args, exp)
     store = EvaluationStore(root, evaluation_key(prepared, splits.val_x, splits.val_y))
     quarantined = [str(p) for p in store.quarantine_unreadable()]
@@ -440,7 +466,7 @@ def _evaluation_stack(args: argparse.Namespace, exp) -> Iterator[_Stack]:
     service = EvaluationService(store, make_pool)
     try:
         with store:
-            yield _Stack(exp, prepared, splits, service, cluster, quarantined)
+            yield _Stack(exp, prepared, splits, service, cluster, quarantined, workers)
     finally:
         service.close()
 
@@ -695,6 +721,115 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def cmd_baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """One baseline on one design point, resumable: run the same command again to continue."""
+    import re
+
+    from tqdm import tqdm
+
+    from aqgan_ray.cost import get_hw_model, parse_budget
+    from aqgan_ray.evaluate import Evaluator
+    from aqgan_ray.search import DesignPoint, run_search
+    from baselines import BASELINES, make
+
+    if args.method not in BASELINES:
+        raise UserError(f"unknown baseline {args.method!r}; choose one of {', '.join(BASELINES)}")
+    if args.hw is None or args.budget is None:
+        raise UserError("a baseline searches under a budget: give --hw H --budget METRIC=V")
+    # --seed seeds the search here; the model, splits and store stay the preset's, so searches
+    # with several seeds share one evaluation store.
+    search_seed, args = args.seed, argparse.Namespace(**{**vars(args), "seed": None})
+    exp, layers = _static_layers(args)
+    seed = exp.seed if search_seed is None else search_seed
+    evaluations = exp.baselines.evaluations if args.evaluations is None else args.evaluations
+    if evaluations < 1:
+        raise UserError(f"--evaluations must be at least 1, got {evaluations}")
+    if args.batch is not None and args.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {args.batch}")
+    choices = exp.quant.bit_choices
+    hw = get_hw_model(args.hw, layers, choices)
+    budget = parse_budget(args.budget, hw, layers, min(choices))
+    slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", f"{hw.name}-{budget.metric}={budget.value:.6g}")
+    run_dir = Path(args.results) / exp.name / "baselines" / args.method / f"{slug}-seed{seed}"
+    with _evaluation_stack(args, exp) as stack:
+        prepared = stack.prepared
+        point = DesignPoint(tuple(prepared.layers), tuple(choices), hw, budget)
+        batch = args.batch or (1 if args.method == "haq" else stack.workers)
+        proposer = make(args.method, point, seed, run_dir, prepared.fp_val_acc, batch)
+        identity = {
+            "method": args.method,
+            "hw": hw.name,
+            "metric": budget.metric,
+            "budget": budget.value,
+            "seed": seed,
+            "eval_key": stack.service.store.eval_key,
+            "layers": list(prepared.layer_names),
+            "bit_choices": list(choices),
+        }
+        with tqdm(total=evaluations, desc=args.method, unit="eval", file=sys.stderr) as bar:
+
+            def on_result(row: dict[str, Any]) -> None:
+                bar.update(1)
+                bar.set_postfix(best=f"{row['best_val_acc']:.4f}", refresh=False)
+
+            result = run_search(
+                proposer, stack.service, point, evaluations, run_dir, identity, batch, on_result
+            )
+        store = stack.service.store
+        if store.part_count() > 32:
+            store.compact()
+    best = result.best
+    test_acc = None
+    if best is not None:
+        config = point.config(best["w_bits"], best["a_bits"])
+        tester = Evaluator.from_splits(prepared, stack.splits, compile=False)
+        test_acc = tester.test_accuracy(config)
+    trace = result.trace
+    out: dict[str, Any] = {
+        "method": args.method,
+        "experiment": exp.name,
+        "hw": hw.name,
+        "budget": {"metric": budget.metric, "value": budget.value, "relative": budget.relative},
+        "seed": seed,
+        "evaluations": len(trace),
+        "evaluations_requested": evaluations,
+        "preset_evaluations": exp.baselines.evaluations,
+        "resumed_from": result.resumed_from,
+        "evaluated_now": result.evaluated_now,
+        "cached": sum(row["cached"] for row in trace),
+        "batch": batch,
+        "search_s": result.search_s,
+        "fp_val_acc": prepared.fp_val_acc,
+        "fp_test_acc": prepared.fp_test_acc,
+        "best": None
+        if best is None
+        else {
+            "config_hash": best["config_hash"],
+            "w_bits": best["w_bits"],
+            "a_bits": best["a_bits"],
+            "val_acc": best["val_acc"],
+            "test_acc": test_acc,
+            "cost": best["cost"],
+            "index": best["index"],
+        },
+        "method_summary": proposer.summary(),
+        "trace": str(run_dir / "trace.parquet"),
+    }
+    if not args.json:
+        print(
+            f"{args.method} on {hw.name}, {budget.metric} <= {budget.value:.6g}: "
+            f"{len(trace)} evaluations ({result.evaluated_now} run now, "
+            f"{out['cached']} from the store), {result.search_s:.1f} s"
+        )
+        if best is not None:
+            print(
+                f"best {best['config_hash']}: val {best['val_acc']:.4f}, test {test_acc:.4f}, "
+                f"{budget.metric} {best['cost']:.6g}\n  w {best['w_bits']}\n  a {best['a_bits']}"
+            )
+        print(f"trace: {out['trace']}")
+    return out
+
+
 def _histogram(accs: Sequence[float], fp_acc: float, bins: int = 10) -> list[dict[str, Any]]:
     """Counts over [0, float accuracy]: does the store cover the range users will ask for?"""
     import numpy as np
@@ -752,6 +887,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "collect": cmd_collect,
     "train": cmd_train,
     "generate": cmd_generate,
+    "baseline": cmd_baseline,
     "run": cmd_run,
     "bench": cmd_bench,
 }

@@ -60,6 +60,47 @@ def write_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return _write_atomic(pa.Table.from_pylist([dict(r) for r in rows]), Path(path))
 
 
+# A search's trace: every evaluation a method asked for, in the order it asked, with the
+# design point it searched for. Its own version: it changes independently of the store.
+TRACE_SCHEMA_VERSION = 1
+TRACE_SCHEMA = pa.schema(
+    [
+        ("method", pa.string()),
+        ("hw", pa.string()),
+        ("metric", pa.string()),  # the budget's metric
+        ("budget", pa.float64()),  # the budget, absolute, in the metric's unit
+        ("seed", pa.int64()),
+        ("index", pa.int32()),  # 0-based position in the search's evaluation sequence
+        ("config_hash", pa.string()),
+        ("w_bits", pa.list_(pa.int8())),
+        ("a_bits", pa.list_(pa.int8())),
+        ("val_acc", pa.float64()),
+        ("cost", pa.float64()),  # the budget metric of this config
+        ("within_budget", pa.bool_()),
+        ("cached", pa.bool_()),  # answered from the store (charged all the same)
+        ("eval_s", pa.float64()),
+        ("elapsed_s", pa.float64()),  # search wall seconds when the result was told
+        ("best_val_acc", pa.float64()),  # best within budget so far (NaN before the first)
+        ("schema_version", pa.int16()),
+    ],
+    metadata={_VERSION_KEY: str(TRACE_SCHEMA_VERSION).encode()},
+)
+
+
+def write_trace(rows: Sequence[Mapping[str, Any]], identity: Mapping[str, Any], path: Path) -> Path:
+    """Write a search trace (``aqgan_ray.search``) as one Parquet file, atomically."""
+    constant = {
+        "method": identity["method"],
+        "hw": identity["hw"],
+        "metric": identity["metric"],
+        "budget": identity["budget"],
+        "seed": identity["seed"],
+        "schema_version": TRACE_SCHEMA_VERSION,
+    }
+    records = [{**constant, **{k: row[k] for k in TRACE_SCHEMA.names if k in row}} for row in rows]
+    return _write_atomic(pa.Table.from_pylist(records, schema=TRACE_SCHEMA), Path(path))
+
+
 def _write_atomic(table: pa.Table, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

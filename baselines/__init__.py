@@ -1,4 +1,42 @@
-"""Baseline search methods (HAQ-style DDPG, uniform, Optuna TPE, random), one file each.
+"""Baseline search methods, one readable file each: HAQ's DDPG (``haq``), uniform
+quantization (``uniform``), Optuna's TPE (``tpe``) and random search (``random``).
 
-They share the evaluator and hardware cost models of ``aqgan_ray``; see issue 5.
+Every one is an ``aqgan_ray.search.Proposer``: it asks for configs and is told their accuracies,
+and never touches an evaluator or a cost model itself, so ``aqgan_ray.search.run_search`` drives
+them, and AQGAN's verification, through the same evaluators, store and hardware models.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aqgan_ray.errors import UserError
+from aqgan_ray.search import DesignPoint, Proposer
+from baselines.haq import Haq, HaqArgs
+from baselines.optuna_tpe import OptunaTPE
+from baselines.random_search import RandomSearch
+from baselines.uniform import Uniform
+
+__all__ = ["BASELINES", "Haq", "HaqArgs", "OptunaTPE", "RandomSearch", "Uniform", "make"]
+
+BASELINES: tuple[str, ...] = ("haq", "uniform", "tpe", "random")
+
+
+def make(
+    name: str,
+    point: DesignPoint,
+    seed: int,
+    run_dir: Path,
+    fp_val_acc: float,
+    batch: int = 1,
+) -> Proposer:
+    """The baseline called ``name``, set up for one design point."""
+    if name == "haq":
+        return Haq(point, seed, fp_val_acc, HaqArgs(episodes_per_ask=batch))
+    if name == "uniform":
+        return Uniform(point, seed)
+    if name == "tpe":
+        return OptunaTPE(point, seed, run_dir / "optuna.journal")
+    if name == "random":
+        return RandomSearch(point, seed)
+    raise UserError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")

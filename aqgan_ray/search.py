@@ -1,0 +1,255 @@
+"""One interface for every search method, and the loop that drives it.
+
+A search method is a ``Proposer``: ``ask(n)`` returns up to ``n`` configs, ``tell`` gives it
+their validation accuracies (Optuna's ask/tell, Ray Tune's Searcher). It never owns an
+evaluator or a cost model: ``run_search`` sends what it asks through the shared
+``EvaluationService`` and prices it on the shared ``DesignPoint``, so every method is measured
+the same way and charged for every evaluation it asks for, cache hits included.
+
+Resuming. ``run_search`` saves a checkpoint after every ``tell``: the proposer's whole state
+(``state_dict``, tensors and plain values only) together with the trace of every evaluation told
+so far, in one file written atomically, so the two never disagree. A search that is stopped
+(Ctrl-C, a killed driver, a lost node) starts again from the last checkpoint: configs it had
+asked for after that are asked again and answered from the evaluation store, and charged once,
+because the trace restarts from the checkpoint too. A proposer whose ``state_dict`` holds its
+random state (all of ours do) then continues exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from aqgan_ray.config import QuantConfig
+from aqgan_ray.cost import Budget, CostModel, within_budget
+from aqgan_ray.errors import UserError
+from aqgan_ray.layers import Layer
+from aqgan_ray.service import EvaluationService
+from aqgan_ray.store import write_trace
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DesignPoint:
+    """One hardware model and one budget on it: what a search optimises for."""
+
+    layers: tuple[Layer, ...]
+    bit_choices: tuple[int, ...]
+    hw: CostModel
+    budget: Budget
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers)
+
+    def costs(self, w_bits: np.ndarray, a_bits: np.ndarray) -> np.ndarray:
+        """The budget metric of a batch of configs (``[n, layers]`` arrays)."""
+        return self.hw.batch(self.layers, w_bits, a_bits)[self.budget.metric]
+
+    def cost(self, config: QuantConfig) -> float:
+        return float(self.costs(np.array([config.w_bits]), np.array([config.a_bits]))[0])
+
+    def fits(self, config: QuantConfig) -> bool:
+        return bool(within_budget(np.array([self.cost(config)]), self.budget)[0])
+
+    def config(self, w_bits: Sequence[int], a_bits: Sequence[int]) -> QuantConfig:
+        return QuantConfig(self.layer_names, tuple(w_bits), tuple(a_bits))
+
+    def repair(self, config: QuantConfig) -> QuantConfig:
+        """HAQ's budget enforcement: while the config is over budget, walk the layers from the
+        last to the first, lowering each one's activation bits by one choice and then its weight
+        bits by one choice, checking the budget after every change; never below the lowest
+        choice. Every metric is monotone in every bitwidth (cost.py), and the all-lowest config
+        fits any budget ``parse_budget`` accepts, so this ends within budget.
+
+        Used by every method that proposes configs freely (HAQ, TPE, random search), so they
+        all meet the budget the same way.
+        """
+        if self.fits(config):
+            return config
+        choices = list(self.bit_choices)
+        w, a = list(config.w_bits), list(config.a_bits)
+        lowest = [choices[0]] * len(w)
+        while w != lowest or a != lowest:
+            for i in reversed(range(len(w))):
+                for bits in (a, w):
+                    step = choices.index(bits[i])
+                    if step > 0:
+                        bits[i] = choices[step - 1]
+                        candidate = self.config(w, a)
+                        if self.fits(candidate):
+                            return candidate
+        return self.config(w, a)
+
+
+class Proposer(ABC):
+    """A search method. ``ask`` may return fewer configs than asked for, and none once the
+    method has nothing more to try (the uniform sweep ends early)."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def ask(self, n: int) -> list[QuantConfig]: ...
+
+    @abstractmethod
+    def tell(self, configs: Sequence[QuantConfig], val_accs: Sequence[float]) -> None:
+        """Results of the configs from the last ``ask``, in the order they were asked."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (``torch.load(weights_only=True)``-safe)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+    def summary(self) -> dict[str, Any]:
+        """Method-specific figures for the report (episodes run, trials, ...)."""
+        return {}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    trace: list[dict[str, Any]]
+    resumed_from: int  # evaluations already in the trace when this run started
+    evaluated_now: int  # evaluator runs started by this search (cache misses)
+    search_s: float  # driver wall seconds of this run (a resumed run counts only itself)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The most accurate evaluation within budget; the earliest on ties."""
+        fitting = [row for row in self.trace if row["within_budget"]]
+        return max(fitting, key=lambda r: (r["val_acc"], -r["index"])) if fitting else None
+
+
+def run_search(
+    proposer: Proposer,
+    service: EvaluationService,
+    point: DesignPoint,
+    evaluations: int,
+    run_dir: Path,
+    identity: dict[str, Any],
+    batch: int = 1,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> SearchResult:
+    """Ask, evaluate, tell until the trace holds ``evaluations`` results or the method stops.
+
+    ``identity`` names the search (method, hardware, budget, seed, evaluation key, ...); a
+    checkpoint in ``run_dir`` with another identity is refused rather than continued.
+    """
+    if evaluations < 1 or batch < 1:
+        raise UserError("the number of evaluations and the batch size must be at least 1")
+    checkpoint = run_dir / "state.pt"
+    trace: list[dict[str, Any]] = []
+    if checkpoint.exists():
+        state = _load_checkpoint(checkpoint, identity)
+        trace = state["trace"]
+        proposer.load_state_dict(state["proposer"])
+    resumed_from, evaluated_before = len(trace), service.evaluated
+    start = time.perf_counter()
+    offset = trace[-1]["elapsed_s"] if trace else 0.0
+    best = max((r["val_acc"] for r in trace if r["within_budget"]), default=float("nan"))
+    while len(trace) < evaluations:
+        configs = proposer.ask(min(batch, evaluations - len(trace)))
+        if not configs:
+            break
+        outcomes = service.evaluate(configs, source=proposer.name)
+        elapsed = offset + time.perf_counter() - start
+        for config, outcome in zip(configs, outcomes, strict=True):
+            cost = point.cost(config)
+            fits = point.fits(config)
+            if fits and (math.isnan(best) or outcome.val_acc > best):
+                best = outcome.val_acc
+            row = {
+                "index": len(trace),
+                "config_hash": config.hash,
+                "w_bits": list(config.w_bits),
+                "a_bits": list(config.a_bits),
+                "val_acc": outcome.val_acc,
+                "cost": cost,
+                "within_budget": fits,
+                "cached": outcome.cached,
+                "eval_s": outcome.eval_s,
+                "elapsed_s": elapsed,
+                "best_val_acc": best,
+            }
+            trace.append(row)
+            if on_result is not None:
+                on_result(row)
+        proposer.tell(configs, [o.val_acc for o in outcomes])
+        _save_checkpoint(checkpoint, identity, trace, proposer)
+        write_trace(trace, identity, run_dir / "trace.parquet")
+    if not trace:
+        raise UserError(f"{proposer.name} proposed no config to evaluate")
+    if not (run_dir / "trace.parquet").exists():
+        write_trace(trace, identity, run_dir / "trace.parquet")
+    return SearchResult(
+        trace, resumed_from, service.evaluated - evaluated_before, time.perf_counter() - start
+    )
+
+
+def _save_checkpoint(
+    path: Path, identity: dict[str, Any], trace: list[dict[str, Any]], proposer: Proposer
+) -> None:
+    """One file, written to a temporary name, fsynced and renamed: an interrupted save leaves
+    the previous checkpoint whole."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "identity": identity,
+        "trace": trace,
+        "proposer": proposer.state_dict(),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write the search checkpoint {path} ({exc.strerror})") from None
+
+
+def _load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which, do not guess
+        raise UserError(
+            f"the search checkpoint {path} cannot be read ({type(exc).__name__}); "
+            "delete its folder to start this search over"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(
+            f"{path} is not a search checkpoint of this aqgan-ray version; delete its folder "
+            "to start this search over"
+        )
+    stored = state["identity"]
+    differs = sorted(k for k in identity.keys() | stored.keys() if identity.get(k) != stored.get(k))
+    if differs:
+        raise UserError(
+            f"{path.parent} holds a search with another {differs[0]} "
+            f"({stored.get(differs[0])!r}, now {identity.get(differs[0])!r}); "
+            "delete that folder or pass another --results directory"
+        )
+    return state
+
+
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """numpy's generator state with its 128-bit integers as text (checkpoint-safe values)."""
+    state = rng.bit_generator.state
+    return {**state, "state": {k: str(v) for k, v in state["state"].items()}}
+
+
+def rng_restore(rng: np.random.Generator, saved: dict[str, Any]) -> None:
+    rng.bit_generator.state = {**saved, "state": {k: int(v) for k, v in saved["state"].items()}}
