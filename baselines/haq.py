@@ -248,8 +248,11 @@ class Haq(Proposer):
             self.critic_target = Critic(n_features, args.hidden)
         self.actor_target.load_state_dict(self.actor.state_dict())
         self.critic_target.load_state_dict(self.critic.state_dict())
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.lr_actor)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.lr_critic)
+        # foreach: one fused update over all tensors; on CPU Adam defaults to a loop per tensor.
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.lr_actor, foreach=True)
+        self.critic_opt = torch.optim.Adam(
+            self.critic.parameters(), lr=args.lr_critic, foreach=True
+        )
         self.replay = Replay(args.buffer_per_step * steps, n_features)
         self.rng = np.random.default_rng(seed)
         self.episode = 0  # episodes rolled out
@@ -326,7 +329,7 @@ class Haq(Proposer):
         for net, target in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
             with torch.no_grad():
                 for p, p_target in zip(net.parameters(), target.parameters(), strict=True):
-                    p_target.mul_(1.0 - args.tau).add_(p, alpha=args.tau)
+                    p_target.lerp_(p, args.tau)  # (1 - tau) target + tau online
 
     # -- checkpoint ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
