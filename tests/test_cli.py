@@ -313,3 +313,44 @@ def test_bench_generate(cli, checkpointed):
     assert out["evaluations_per_generation"] == pytest.approx(
         out["one_evaluation_s"] / out["generate_select_s"]
     )
+
+
+def test_baseline_searches_resumes_and_extends(cli, tmp_path, ray_cluster):
+    args = (
+        "baseline", "random", "--experiment", "smoke", "--hw", "bismo-edge", "--budget",
+        "latency_ms=0.5x", "--address", ray_cluster["address"], "--results", str(tmp_path),
+        "--json",
+    )  # fmt: skip
+    first = _ok(cli(*args, "--evaluations", "4"))
+    assert first["evaluations"] == 4 and first["evaluated_now"] + first["cached"] >= 4
+    assert first["best"]["cost"] <= first["budget"]["value"]
+    assert 0 < first["best"]["test_acc"] <= 1 and first["preset_evaluations"] == 30
+    trace = pd.read_parquet(first["trace"])
+    assert list(trace["index"]) == [0, 1, 2, 3] and trace["within_budget"].all()
+    more = _ok(cli(*args, "--evaluations", "6"))  # the same search, continued
+    assert more["resumed_from"] == 4 and more["evaluations"] == 6 and more["evaluated_now"] <= 2
+    assert more["best"]["val_acc"] >= first["best"]["val_acc"]
+    assert len(pd.read_parquet(more["trace"])) == 6
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["dqn", "--hw", "bitfusion", "--budget", "latency_ms=1x"], "unknown baseline 'dqn'"),
+        (["haq", "--hw", "bismo-edge", "--budget", "latency_ms=0.01"], "below the cheapest"),
+        (["haq", "--hw", "bismo-edge", "--budget", "latency_ms=1x", "--evaluations", "0"],
+         "--evaluations must be at least 1"),
+        (["tpe", "--budget", "latency_ms=1x"], "give --hw H --budget METRIC=V"),
+        (["random", "--hw", "size", "--budget", "latency_ms=1"], "does not provide latency_ms"),
+    ],
+)  # fmt: skip
+def test_baseline_bad_input(extra, fragment, tmp_path, capsys):
+    """Checked before Ray or the model start, so in-process (a subprocess each would cost more
+    than the check)."""
+    from aqgan_ray.cli import main
+
+    code = main(["baseline", *extra, "--experiment", "smoke", "--results", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: ") and fragment in err[0], err
+    assert not (tmp_path / "smoke" / "baselines").exists()
