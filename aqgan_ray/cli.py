@@ -770,7 +770,7 @@ def cmd_baseline(args: argparse.Namespace) -> dict[str, Any]:
 
             def on_result(row: dict[str, Any]) -> None:
                 bar.update(1)
-                bar.set_postfix(best=f"{row['best_val_acc']:.4f}", refresh=False)
+                bar.set_postfix(best=f"{row['best_so_far_val_acc']:.4f}", refresh=False)
 
             result = run_search(
                 proposer, stack.service, point, evaluations, run_dir, identity, batch, on_result
@@ -779,11 +779,12 @@ def cmd_baseline(args: argparse.Namespace) -> dict[str, Any]:
         if store.part_count() > 32:
             store.compact()
     best = result.best
-    test_acc = None
+    test_acc, cost = None, None
     if best is not None:
         config = point.config(best["w_bits"], best["a_bits"])
         tester = Evaluator.from_splits(prepared, stack.splits, compile=False)
         test_acc = tester.test_accuracy(config)
+        cost = _costs([hw.name], layers, config, choices)
     trace = result.trace
     out: dict[str, Any] = {
         "method": args.method,
@@ -809,7 +810,9 @@ def cmd_baseline(args: argparse.Namespace) -> dict[str, Any]:
             "a_bits": best["a_bits"],
             "val_acc": best["val_acc"],
             "test_acc": test_acc,
-            "cost": best["cost"],
+            "cost": cost,
+            "cost_value": best["cost"],  # the budget metric on --hw
+            "within_budget": best["within_budget"],
             "index": best["index"],
         },
         "method_summary": proposer.summary(),
@@ -899,12 +902,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # With --json, stdout carries the one JSON object only: anything a library prints there
     # (Ray forwards worker and raylet messages to the driver's stdout) goes to stderr instead.
     quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    ray = sys.modules.get("ray")
+    caller_connected = ray is not None and ray.is_initialized()  # main() called from Python
     try:
         with quiet:
             try:
                 result = COMMANDS[args.command](args)
             finally:
-                _release_ray()
+                if not caller_connected:
+                    _release_ray()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

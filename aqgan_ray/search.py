@@ -180,7 +180,7 @@ def run_search(
                 "cached": outcome.cached,
                 "eval_s": outcome.eval_s,
                 "elapsed_s": elapsed,
-                "best_val_acc": best,
+                "best_so_far_val_acc": best,
             }
             trace.append(row)
             if on_result is not None:

@@ -80,7 +80,7 @@ TRACE_SCHEMA = pa.schema(
         ("cached", pa.bool_()),  # answered from the store (charged all the same)
         ("eval_s", pa.float64()),
         ("elapsed_s", pa.float64()),  # search wall seconds when the result was told
-        ("best_val_acc", pa.float64()),  # best within budget so far (NaN before the first)
+        ("best_so_far_val_acc", pa.float64()),  # best within budget so far (NaN before the first)
         ("schema_version", pa.int16()),
     ],
     metadata={_VERSION_KEY: str(TRACE_SCHEMA_VERSION).encode()},

@@ -1,5 +1,5 @@
 """Baseline search methods, one readable file each: HAQ's DDPG (``haq``), uniform
-quantization (``uniform``), Optuna's TPE (``tpe``) and random search (``random``).
+quantization (``uniform``), Optuna's TPE (``optuna``) and random search (``random``).
 
 Every one is an ``aqgan_ray.search.Proposer``: it asks for configs and is told their accuracies,
 and never touches an evaluator or a cost model itself, so ``aqgan_ray.search.run_search`` drives
@@ -19,7 +19,7 @@ from baselines.uniform import Uniform
 
 __all__ = ["BASELINES", "Haq", "HaqArgs", "OptunaTPE", "RandomSearch", "Uniform", "make"]
 
-BASELINES: tuple[str, ...] = ("haq", "uniform", "tpe", "random")
+BASELINES: tuple[str, ...] = ("haq", "uniform", "optuna", "random")
 
 
 def make(
@@ -35,7 +35,7 @@ def make(
         return Haq(point, seed, fp_val_acc, HaqArgs(episodes_per_ask=batch))
     if name == "uniform":
         return Uniform(point, seed)
-    if name == "tpe":
+    if name == "optuna":
         return OptunaTPE(point, seed, run_dir / "optuna.journal")
     if name == "random":
         return RandomSearch(point, seed)

@@ -39,7 +39,7 @@ STARTUP_TRIALS = 10  # Optuna's default: random trials before TPE models the res
 
 
 class OptunaTPE(Proposer):
-    name = "tpe"
+    name = "optuna"
 
     def __init__(self, point: DesignPoint, seed: int, storage_path: Path):
         self.point = point
@@ -55,7 +55,7 @@ class OptunaTPE(Proposer):
         storage_path.parent.mkdir(parents=True, exist_ok=True)
         storage = JournalStorage(JournalFileBackend(str(storage_path)))
         self.study = optuna.create_study(
-            study_name="tpe",
+            study_name="optuna-tpe",
             storage=storage,
             sampler=sampler,
             direction="maximize",

@@ -22,6 +22,45 @@ def _user_error(proc, fragment: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.fixture
+def inproc(cache_dir, tmp_path, capsys, monkeypatch):
+    """``main()`` in this process: the console script's code path (it only adds ``sys.exit``)
+    without a Python start-up per call, for commands that start no Ray. Returns the exit
+    status, stdout and stderr."""
+    from aqgan_ray.cli import main
+
+    monkeypatch.setenv("AQGAN_RAY_CACHE", str(cache_dir))
+
+    def run(*args: str) -> tuple[int, str, str]:
+        results = [] if "--results" in args else ["--results", str(tmp_path / "results")]
+        code = main([*args, *results])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture
+def main_error(inproc, tmp_path):
+    """Bad input: exactly one stderr line ``error: ...``, exit status 2, nothing written."""
+
+    def check(args, fragment: str) -> None:
+        code, _, err = inproc(*args)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith("error: ") and fragment in lines[0], lines
+        results = tmp_path / "results"
+        assert not results.exists() or not any(results.rglob("*.*"))
+
+    return check
+
+
+def _inproc_ok(result: tuple[int, str, str]) -> dict:
+    code, out, err = result
+    assert code == 0, err[-2000:]
+    return json.loads(out)
+
+
 def test_prepare_json(cli, smoke):
     out = _ok(cli("prepare", "--experiment", "smoke", "--json"))
     assert out["model"] == "mobilenet_v2" and out["dataset"] == "fashion-mnist"
@@ -40,16 +79,14 @@ def test_evaluate_uniform_8_and_2(cli):
     assert two["cost"]["size_bytes"] * 4 == eight["cost"]["size_bytes"]
 
 
-def test_cost_with_bits_file_and_table(cli, tmp_path):
+def test_cost_with_bits_file_and_table(inproc, smoke, tmp_path):
     bits = tmp_path / "bits.json"
     bits.write_text(json.dumps({"w_bits": [4] * 53, "a_bits": [8] * 53}))
-    out = _ok(cli("cost", "--experiment", "smoke", "--bits", str(bits), "--json"))
-    uniform = _ok(cli("cost", "--experiment", "smoke", "--uniform", "4", "--json"))
+    out = _inproc_ok(inproc("cost", "--experiment", "smoke", "--bits", str(bits), "--json"))
+    uniform = _inproc_ok(inproc("cost", "--experiment", "smoke", "--uniform", "4", "--json"))
     assert out["cost"]["size_bytes"] == uniform["cost"]["size_bytes"]
     assert out["cost"]["bitops"] == 2 * uniform["cost"]["bitops"]
-    names = [
-        layer["name"] for layer in _ok(cli("prepare", "--experiment", "smoke", "--json"))["layers"]
-    ]
+    names = smoke[1].layer_names
     table = tmp_path / "lat.csv"
     rows = [
         {"layer": n, "w_bits": w, "a_bits": a, "latency_ms": 0.01 * w * a}
@@ -58,8 +95,10 @@ def test_cost_with_bits_file_and_table(cli, tmp_path):
         for a in range(2, 9)
     ]
     pd.DataFrame(rows).to_csv(table, index=False)
-    out = _ok(
-        cli("cost", "--experiment", "smoke", "--uniform", "4", "--hw", f"table:{table}", "--json")
+    out = _inproc_ok(
+        inproc(
+            "cost", "--experiment", "smoke", "--uniform", "4", "--hw", f"table:{table}", "--json"
+        )
     )
     assert out["cost"][f"table:{table}"]["latency_ms"] == pytest.approx(53 * 0.16)
 
@@ -95,17 +134,20 @@ def test_bench_eval_writes_parquet(cli, tmp_path):
         (["cost", "--bits", "{oops"], "not valid JSON"),
         (["evaluate", "--uniform", "8", "--data-dir", "/no/such/dir"], "/no/such/dir"),
         (["evaluate", "--experiment", "nope", "--uniform", "8"], "unknown experiment 'nope'"),
-        (["evaluate", "--uniform", "8", "--bits", "{}"], "not allowed with argument"),
-        (["frobnicate"], "invalid choice"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(cli, args, fragment):
+def test_bad_input_is_one_line_exit_2(main_error, args, fragment):
     if args[0] in ("cost", "evaluate") and "--experiment" not in args:
         args = [*args, "--experiment", "smoke"]
-    _user_error(cli(*args), fragment)
+    main_error(args, fragment)
 
 
-def test_corrupt_checkpoint(cli, tmp_path):
+def test_bad_input_from_the_console_script(cli):
+    _user_error(cli("frobnicate"), "invalid choice")
+    _user_error(cli("evaluate", "--uniform", "8", "--bits", "{}"), "not allowed with argument")
+
+
+def test_corrupt_checkpoint(main_error, tmp_path):
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     preset = tmp_path / "p.toml"
@@ -114,26 +156,25 @@ def test_corrupt_checkpoint(cli, tmp_path):
         f'test_subset = 100\ncalib_size = 32\n[model]\ncheckpoint = "{bad}"\n'
         "width = 0.35\n"
     )
-    _user_error(cli("prepare", "--config", str(preset)), "corrupt or unreadable")
+    main_error(["prepare", "--config", str(preset)], "corrupt or unreadable")
     wrong = tmp_path / "wrong.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, wrong)
     preset.write_text(preset.read_text().replace(str(bad), str(wrong)))
-    _user_error(cli("prepare", "--config", str(preset)), "does not fit this model")
+    main_error(["prepare", "--config", str(preset)], "does not fit this model")
 
 
-def test_unwritable_results_dir(cli, tmp_path):
+def test_unwritable_results_dir(main_error, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    proc = cli("prepare", "--experiment", "smoke", "--results", str(blocker / "sub"))
-    _user_error(proc, "not writable")
+    main_error(["prepare", "--experiment", "smoke", "--results", str(blocker / "sub")], "writable")
 
 
-def test_evaluate_rejects_bad_config_before_training(cli, tmp_path):
+def test_evaluate_rejects_bad_config_before_training(main_error, tmp_path):
     empty_cache = tmp_path / "cache"  # nothing trained here: prepare would have to train
     bits = '{"w_bits": [8], "a_bits": [8]}'
     args = ["evaluate", "--experiment", "smoke", "--cache-dir", str(empty_cache), "--bits", bits]
-    _user_error(cli(*args), "53 quantizable layers")
-    _user_error(cli(*args[:-2], "--uniform", "8", "--hw", "tpu"), "unknown hardware model")
+    main_error(args, "53 quantizable layers")
+    main_error([*args[:-2], "--uniform", "8", "--hw", "tpu"], "unknown hardware model")
     assert not empty_cache.exists()
 
 
@@ -164,29 +205,31 @@ def test_collect_on_a_two_node_cluster(cli, tmp_path, ray_cluster):
     assert rows["node_id"].nunique() == 2
 
 
-def test_collect_bad_input_leaves_the_store_intact(cli, tmp_path):
+def test_collect_bad_input_leaves_the_store_intact(cli, main_error, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from aqgan_ray.store import EVALUATION_SCHEMA
 
-    base = ("collect", "--experiment", "smoke", "--results", str(tmp_path))
+    base = ["collect", "--experiment", "smoke", "--results", str(tmp_path)]
     store = tmp_path / "smoke" / "evaluations"
     store.mkdir(parents=True)
     old = EVALUATION_SCHEMA.with_metadata({b"aqgan_ray.schema_version": b"0"})
     pq.write_table(pa.Table.from_pylist([], schema=old), store / "part-0-old.parquet")
     before = {p.name: p.read_bytes() for p in store.iterdir()}
-    _user_error(cli(*base, "--samples", "4"), "schema version 0")
+    main_error([*base, "--samples", "4"], "schema version 0")
+    assert {p.name: p.read_bytes() for p in store.iterdir()} == before
     (store / "part-0-old.parquet").unlink()
-    _user_error(cli(*base, "--samples", "4", "--address", "127.0.0.1:1"), "cannot reach")
-    _user_error(cli(*base, "--samples", "4", "--address", "nowhere"), "HOST:PORT")
-    _user_error(cli(*base, "--samples", "-1"), "non-negative")
-    _user_error(cli(*base, "--samples", "4", "--workers", "64"), "--workers 64")
+    # Refused before Ray starts: checked in this process.
+    main_error([*base, "--samples", "4", "--address", "127.0.0.1:1"], "cannot reach")
+    main_error([*base, "--samples", "4", "--address", "nowhere"], "HOST:PORT")
+    main_error([*base, "--samples", "-1"], "non-negative")
     blocker = tmp_path / "file"
     blocker.write_text("")
-    _user_error(cli(*base[:-1], str(blocker / "sub"), "--samples", "4"), "not writable")
+    main_error([*base[:-1], str(blocker / "sub"), "--samples", "4"], "not writable")
+    # Refused once the embedded Ray is up: a real process.
+    _user_error(cli(*base, "--samples", "4", "--workers", "64"), "--workers 64")
     assert {p.name for p in store.iterdir()} == set()
-    assert before  # the refused store was left byte for byte until the test removed it
 
 
 def test_bench_scaling_reports_side_by_side(cli, tmp_path, ray_cluster):
@@ -270,9 +313,10 @@ def test_train_then_generate_and_verify(cli, collected, ray_cluster):
         (["--budget", "size_bytes=0.5x"], "needs --hw"),
     ],
 )
-def test_generate_bad_input(cli, checkpointed, extra, fragment):
-    args = ("generate", "--experiment", "smoke", "--results", str(checkpointed), *extra)
-    _user_error(cli(*args), fragment)
+def test_generate_bad_input(main_error, checkpointed, extra, fragment):
+    main_error(
+        ["generate", "--experiment", "smoke", "--results", str(checkpointed), *extra], fragment
+    )
 
 
 def test_train_refuses_a_store_too_small(cli, tmp_path, ray_cluster):
@@ -323,7 +367,9 @@ def test_baseline_searches_resumes_and_extends(cli, tmp_path, ray_cluster):
     )  # fmt: skip
     first = _ok(cli(*args, "--evaluations", "4"))
     assert first["evaluations"] == 4 and first["evaluated_now"] + first["cached"] >= 4
-    assert first["best"]["cost"] <= first["budget"]["value"]
+    best = first["best"]
+    assert best["within_budget"] and best["cost_value"] <= first["budget"]["value"]
+    assert best["cost"]["bismo-edge"]["latency_ms"] == pytest.approx(best["cost_value"])
     assert 0 < first["best"]["test_acc"] <= 1 and first["preset_evaluations"] == 30
     trace = pd.read_parquet(first["trace"])
     assert list(trace["index"]) == [0, 1, 2, 3] and trace["within_budget"].all()
@@ -340,17 +386,9 @@ def test_baseline_searches_resumes_and_extends(cli, tmp_path, ray_cluster):
         (["haq", "--hw", "bismo-edge", "--budget", "latency_ms=0.01"], "below the cheapest"),
         (["haq", "--hw", "bismo-edge", "--budget", "latency_ms=1x", "--evaluations", "0"],
          "--evaluations must be at least 1"),
-        (["tpe", "--budget", "latency_ms=1x"], "give --hw H --budget METRIC=V"),
+        (["optuna", "--budget", "latency_ms=1x"], "give --hw H --budget METRIC=V"),
         (["random", "--hw", "size", "--budget", "latency_ms=1"], "does not provide latency_ms"),
     ],
 )  # fmt: skip
-def test_baseline_bad_input(extra, fragment, tmp_path, capsys):
-    """Checked before Ray or the model start, so in-process (a subprocess each would cost more
-    than the check)."""
-    from aqgan_ray.cli import main
-
-    code = main(["baseline", *extra, "--experiment", "smoke", "--results", str(tmp_path)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
-    assert err[0].startswith("error: ") and fragment in err[0], err
-    assert not (tmp_path / "smoke" / "baselines").exists()
+def test_baseline_bad_input(main_error, extra, fragment):
+    main_error(["baseline", *extra, "--experiment", "smoke"], fragment)

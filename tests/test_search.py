@@ -178,7 +178,7 @@ def test_tpe_resumes_through_optuna_storage(service, smoke_point, tmp_path):
     from aqgan_ray.search import run_search
     from baselines.optuna_tpe import OptunaTPE
 
-    run_dir, identity = tmp_path / "tpe", _identity("tpe", smoke_point)
+    run_dir, identity = tmp_path / "tpe", _identity("optuna", smoke_point)
 
     def tpe() -> OptunaTPE:
         return OptunaTPE(smoke_point, seed=0, storage_path=run_dir / "optuna.journal")
