@@ -750,7 +750,7 @@ def cmd_baseline(args: argparse.Namespace) -> dict[str, Any]:
     hw = get_hw_model(args.hw, layers, choices)
     budget = parse_budget(args.budget, hw, layers, min(choices))
     slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", f"{hw.name}-{budget.metric}={budget.value:.6g}")
-    run_dir = Path(args.results) / exp.name / "baselines" / args.method / f"{slug}-seed{seed}"
+    run_dir = Path(args.results) / exp.name / "searches" / args.method / f"{slug}-seed{seed}"
     with _evaluation_stack(args, exp) as stack:
         prepared = stack.prepared
         point = DesignPoint(tuple(prepared.layers), tuple(choices), hw, budget)
