@@ -155,9 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="configs asked at once, for parallel evaluators (default: haq 1, as HAQ; "
         "others one per evaluator)",
     )
-    p = sub.add_parser("run", help="the experiment end to end")
+    p = sub.add_parser("run", help="the experiment end to end: every method, every design point")
     _common(p)
     _ray_args(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run (refused when there is none); stored work is reused",
+    )
+    p = sub.add_parser("report", help="rebuild report.md and its plots from the run's tables")
+    _common(p)
+    p = sub.add_parser("compare", help="one table across result directories")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="results/<experiment> directories")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p = sub.add_parser("bench", help="benchmarks that print measured times and ratios")
     _common(p)
     _ray_args(p)
@@ -354,67 +364,254 @@ def _cost_text(cost: dict[str, Any]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
-    """What the pipeline runs today: prepare, collect the evaluation store on Ray, then every
-    uniform bitwidth through the same evaluators and store, priced and scored on the test split.
+    """The whole experiment: prepare, collect, train AQGAN, every method on every design point
+    and seed, then the search-cost tables and the report. Every stage is idempotent and every
+    search checkpointed, so running it again (``--resume``) finishes an interrupted run without
+    evaluating any stored config again."""
+    from aqgan_ray import experiment
+    from aqgan_ray.settings import as_dict
 
-    AQGAN, the baselines and the comparison join this command as they land (issues 4-6).
-    """
-    import pandas as pd
+    exp = _experiment(args)
+    run_dir = Path(args.results) / exp.name
+    manifest = run_dir / "experiment.json"
+    fingerprint = json.loads(json.dumps(experiment.experiment_fingerprint(as_dict(exp))))
+    if manifest.is_file():
+        stored = json.loads(manifest.read_text())
+        if stored != fingerprint:
+            differs = sorted(k for k in fingerprint if stored.get(k) != fingerprint[k]) or ["?"]
+            raise UserError(
+                f"{run_dir} holds a run of another experiment (its {differs[0]} settings "
+                "differ); pass --results DIR for this one, or delete that directory"
+            )
+    elif args.resume:
+        raise UserError(f"no run to resume in {run_dir}; start one without --resume")
+    _, layers = _static_layers(args)
+    planned = experiment.design_points(exp, layers)  # a bad design fails before anything slow
+    with _evaluation_stack(args, exp) as stack:
+        _write_json(manifest, fingerprint)
+        collected = _collect_stage(stack, exp.collect.samples)
+        loaded, trained = _aqgan_stage(stack, run_dir)
+        results = _search_stage(stack, run_dir, planned, loaded)
+        test_acc = _test_accuracies(stack, run_dir, results)
+        store_rows = stack.service.store.rows()
+    out = _write_comparison(exp, stack, run_dir, planned, results, test_acc, store_rows, trained)
+    out["collect"] = collected
+    if not args.json:
+        _comparison_text(out)
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _aqgan_stage(stack: _Stack, run_dir: Path):
+    """The trained AQGAN of this store, training it only if there is none (or it was trained on
+    another setup), and verifying its fidelity if that had not finished."""
+    from aqgan_ray import aqgan
+
+    exp, store = stack.exp, stack.service.store
+    names, choices = stack.prepared.layer_names, exp.quant.bit_choices
+    path = run_dir / "aqgan.pt"
+    trained: dict[str, Any] = {}
+    try:
+        loaded = aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp))
+        current = loaded.eval_key == store.eval_key and "train_s" in loaded.metrics
+    except UserError:
+        current = False
+    if not current:
+        trained = _train_stage(stack, exp.aqgan, run_dir)
+        loaded = aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp))
+    elif exp.aqgan.fidelity_targets and not (run_dir / "fidelity.parquet").is_file():
+        from aqgan_ray.store import write_table
+
+        rows = _fidelity(stack, loaded, exp.aqgan.fidelity_targets, exp.aqgan.fidelity_top)
+        write_table(rows, run_dir / "fidelity.parquet")
+    return loaded, trained
+
+
+def _search_stage(stack: _Stack, run_dir: Path, planned, loaded) -> dict:
+    """Every method on every design point it runs on; each search resumes from its checkpoint."""
+    from tqdm import tqdm
+
+    from aqgan_ray import experiment
+    from aqgan_ray.search import run_search
+    from aqgan_ray.select import AqganSearch
+    from baselines import make
+
+    exp, store = stack.exp, stack.service.store
+    digest = experiment.file_digest(run_dir / "aqgan.pt")
+    jobs = [
+        (method, p)
+        for method in experiment.METHODS
+        for p in planned
+        if experiment.runs_on(method, p, exp)
+    ]
+    results = {}
+    for method, p in tqdm(jobs, desc="searches", unit="search"):
+        folder = experiment.search_dir(run_dir, method, p)
+        if method == "aqgan":
+            ident = experiment.identity(method, p, store.eval_key, {"checkpoint": digest})
+            experiment.discard_stale(folder, ident)
+            proposer = AqganSearch(
+                loaded, p.point, p.seed, exp.aqgan.proposals, exp.aqgan.verify_top
+            )
+            budget, batch = exp.aqgan.verify_top, exp.aqgan.verify_top
+        else:
+            ident = experiment.identity(method, p, store.eval_key)
+            batch = 1 if method == "haq" else stack.workers
+            proposer = make(
+                method,
+                p.point,
+                p.seed,
+                folder,
+                stack.prepared.fp_val_acc,
+                batch,
+                exp.baselines.haq_warmup,
+            )
+            budget = exp.baselines.evaluations
+            if method == "uniform":
+                budget = len(exp.quant.bit_choices)
+        results[(method, p)] = run_search(
+            proposer, stack.service, p.point, budget, folder, ident, batch
+        )
+    return results
+
+
+def _test_accuracies(stack: _Stack, run_dir: Path, results: dict) -> dict[str, float]:
+    """Held-out test accuracy of every chosen config, measured once and kept in
+    ``test_accuracy.parquet`` (searches never see it)."""
     from tqdm import tqdm
 
     from aqgan_ray.config import QuantConfig
-    from aqgan_ray.cost import config_costs
     from aqgan_ray.evaluate import Evaluator
+    from aqgan_ray.store import read_frame, write_table
 
-    exp = _experiment(args)
-    with _evaluation_stack(args, exp) as stack:
-        collected = _collect_stage(stack, exp.collect.samples)
-        prepared, splits = stack.prepared, stack.splits
-        configs = [
-            QuantConfig.uniform(prepared.layer_names, bits)
-            for bits in sorted(exp.quant.bit_choices, reverse=True)
-        ]
-        searched = stack.service.evaluate(configs, source="uniform")
-    # Final test accuracy of the uniform configs, in this process: searches never see it.
-    tester = Evaluator.from_splits(prepared, splits, compile=False)
-    rows = []
-    for config, outcome in zip(
-        tqdm(configs, desc="test split", unit="config"), searched, strict=True
-    ):
-        cost = config_costs(prepared.layers, config)
-        rows.append(
-            {
-                "bits": config.w_bits[0],
-                "val_acc": outcome.val_acc,
-                "test_acc": tester.test_accuracy(config),
-                "size_kib": cost["size_bytes"] / 1024,
-                "gbitops": cost["bitops"] / 1e9,
-                **{
-                    f"{hw}_latency_ms": cost[hw]["latency_ms"]
-                    for hw in ("bitfusion", "bismo-edge", "bismo-cloud")
-                },
-                "bitfusion_energy_mj": cost["bitfusion"]["energy_mj"],
-            }
+    path = run_dir / "test_accuracy.parquet"
+    known: dict[str, float] = {}
+    if path.is_file():
+        frame = read_frame(path)
+        known = dict(zip(frame["config_hash"], frame["test_acc"], strict=True))
+    chosen = {r.best["config_hash"]: r.best for r in results.values() if r.best is not None}
+    missing = [best for key, best in chosen.items() if key not in known]
+    if missing:
+        tester = Evaluator.from_splits(stack.prepared, stack.splits, compile=False)
+        names = stack.prepared.layer_names
+        for best in tqdm(missing, desc="test split", unit="config"):
+            config = QuantConfig(names, tuple(best["w_bits"]), tuple(best["a_bits"]))
+            known[config.hash] = tester.test_accuracy(config)
+        write_table([{"config_hash": k, "test_acc": v} for k, v in sorted(known.items())], path)
+    return known
+
+
+def _write_comparison(exp, stack, run_dir, planned, results, test_acc, store_rows, trained):
+    """search_cost.parquet, traces.parquet, run.json and the report."""
+    from aqgan_ray import experiment, report
+    from aqgan_ray.aqgan import load_checkpoint, model_id
+    from aqgan_ray.store import read_frame, write_table
+
+    fidelity_path = run_dir / "fidelity.parquet"
+    fidelity = read_frame(fidelity_path).to_dict("records") if fidelity_path.is_file() else []
+    loaded = load_checkpoint(
+        run_dir / "aqgan.pt", stack.prepared.layer_names, exp.quant.bit_choices, model_id(exp)
+    )
+    one = experiment.one_time_cost(store_rows, fidelity, loaded.metrics["train_s"])
+    rows = experiment.cost_rows(exp, results, test_acc, one)
+    cost_path = write_table(rows, run_dir / "search_cost.parquet")
+    traces_path = write_table(experiment.trace_rows(results), run_dir / "traces.parquet")
+    served = sum(1 for method, _ in results if method == "aqgan")
+    notes = []
+    if exp.baselines.evaluations < 600:
+        notes.append(
+            f"HAQ, Optuna and random search spent {exp.baselines.evaluations} evaluations per "
+            "design point; HAQ's paper runs 600 episodes."
         )
-    out_dir = Path(args.results) / exp.name
-    table = pd.DataFrame(rows)
-    (out_dir / "uniform.json").write_text(table.to_json(orient="records", indent=1))
-    if not args.json:
-        _collect_text(collected)
-        print(
-            f"\n{exp.model.name} on {exp.data.name}, float: val {prepared.fp_val_acc:.4f}, "
-            f"test {prepared.fp_test_acc:.4f}"
+    if exp.baselines.haq_warmup != 20:
+        notes.append(f"HAQ's warm-up was {exp.baselines.haq_warmup} episodes (the paper: 20).")
+    if exp.design.search_hw or exp.design.search_budgets:
+        notes.append(
+            "HAQ, Optuna and random search ran on a subset of the design points (hardware "
+            f"{list(exp.design.search_hw) or 'all'}, budgets "
+            f"{list(exp.design.search_budgets) or 'all'}); AQGAN and uniform on all of them."
         )
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        print(f"\nwritten: {out_dir / 'uniform.json'}, {collected['store']}")
+    summary = {
+        "experiment": exp.name,
+        "model": exp.model.name,
+        "dataset": exp.data.name,
+        "fp_val_acc": stack.prepared.fp_val_acc,
+        "fp_test_acc": stack.prepared.fp_test_acc,
+        "design_points": len(planned),
+        "one_time": {
+            "collect_evaluations": one.collect_evaluations,
+            "fidelity_evaluations": one.fidelity_evaluations,
+            "evaluations": one.evaluations,
+            "eval_cpu_s": one.eval_cpu_s,
+            "train_s": one.train_s,
+            "design_points": served,
+        },
+        "notes": notes,
+    }
+    _write_json(run_dir / "run.json", summary)
+    report_path = report.build(run_dir)
     return {
         "experiment": exp.name,
-        "fp_val_acc": prepared.fp_val_acc,
-        "fp_test_acc": prepared.fp_test_acc,
-        "collect": collected,
-        "uniform": rows,
-        "report": {"uniform": str(out_dir / "uniform.json"), "evaluations": collected["store"]},
+        "search_cost": str(cost_path),
+        "traces": str(traces_path),
+        "fidelity": str(fidelity_path) if fidelity else None,
+        "report": str(report_path),
+        "rows": rows,
+        "one_time": summary["one_time"],
+        "trained": bool(trained),
     }
+
+
+def _comparison_text(out: dict[str, Any]) -> None:
+    import pandas as pd
+
+    from aqgan_ray.report import summary_table
+
+    table = summary_table(pd.DataFrame(out["rows"]))
+    print()
+    print(table.to_string(float_format=lambda v: f"{v:.4g}"))
+    print(f"\nsearch cost: {out['search_cost']}\nreport: {out['report']}")
+
+
+def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    from aqgan_ray import report
+
+    exp = _experiment(args)
+    path = report.build(Path(args.results) / exp.name)
+    if not args.json:
+        print(f"report: {path}")
+    return {"report": str(path)}
+
+
+def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
+    """One table across result directories (``results/<experiment>`` folders)."""
+    import pandas as pd
+
+    from aqgan_ray.report import summary_table
+    from aqgan_ray.store import read_frame
+
+    frames = []
+    for folder in args.dirs:
+        path = Path(folder) / "search_cost.parquet"
+        if not path.is_file():
+            raise UserError(
+                f"{folder} holds no search_cost.parquet; give results/<experiment> directories "
+                "of finished runs"
+            )
+        table = summary_table(read_frame(path)).reset_index()
+        frames.append(table.assign(run=str(folder)))
+    rows = pd.concat(frames, ignore_index=True)
+    rows = rows[["run", *[c for c in rows.columns if c != "run"]]]
+    if not args.json:
+        print(rows.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return {"rows": json.loads(rows.to_json(orient="records"))}
 
 
 def _open_store(args: argparse.Namespace, exp):
@@ -532,60 +729,76 @@ def _checkpoint_path(args: argparse.Namespace, exp) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    import time
     from dataclasses import replace
-
-    from aqgan_ray import aqgan, gan
 
     exp = _experiment(args)
     if args.tune_samples < 0 or args.fidelity_targets < 0 or args.top < 1:
         raise UserError("--tune-samples and --fidelity-targets must be >= 0, --top >= 1")
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be at least 1")
-    spec = gan.GanSpec(seed=exp.seed)
-    if args.steps is not None:
-        spec = replace(spec, steps=args.steps)
+    aqgan_spec = replace(
+        exp.aqgan,
+        tune_samples=args.tune_samples,
+        fidelity_targets=args.fidelity_targets,
+        fidelity_top=args.top,
+        steps=exp.aqgan.steps if args.steps is None else args.steps,
+    )
     with _evaluation_stack(args, exp) as stack:
-        store = stack.service.store
-        choices = exp.quant.bit_choices
-        data = aqgan.training_data(store.rows(), stack.prepared.layer_names, choices)
-        start = time.perf_counter()
-        tuned: dict[str, Any] = {}
-        if args.tune_samples:
-            from aqgan_ray import tune
+        out = _train_stage(stack, aqgan_spec, Path(args.results) / exp.name)
+    if not args.json:
+        _train_text(out)
+    return out
 
-            storage = Path(args.results) / exp.name / "tune"
-            tuned, metrics, state = tune.search(
-                data, list(choices), spec, args.tune_samples, storage, exp.seed
-            )
-            model, spec = aqgan.model_from_state(state, data.idx.shape[1], choices)
-        else:
-            from tqdm import tqdm
 
-            with tqdm(total=spec.steps, desc="train AQGAN", unit="step") as bar:
+def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
+    """Train AQGAN on the store (optionally tuned), save the checkpoint, verify fidelity."""
+    import time
+    from dataclasses import replace
 
-                def progress(step: int, _model, metrics: dict[str, float]) -> None:
-                    bar.update(step - bar.n)
-                    bar.set_postfix(objective=f"{metrics['objective']:.4f}")
+    from aqgan_ray import aqgan, gan
 
-                model, metrics, _ = aqgan.fit(data, choices, spec, on_report=progress)
-        model = aqgan.refit_predictor(model, data, choices, spec)
-        train_s = time.perf_counter() - start
-        key = store.eval_key
-        path = aqgan.save_checkpoint(
-            _checkpoint_path(args, exp),
-            model,
-            spec,
-            stack.prepared.layer_names,
-            choices,
-            key,
-            metrics,
-            aqgan.model_id(exp),
+    exp = stack.exp
+    spec = replace(gan.GanSpec(seed=exp.seed), steps=spec_in.steps)
+    store = stack.service.store
+    choices = exp.quant.bit_choices
+    data = aqgan.training_data(store.rows(), stack.prepared.layer_names, choices)
+    start = time.perf_counter()
+    tuned: dict[str, Any] = {}
+    if spec_in.tune_samples:
+        from aqgan_ray import tune
+
+        tuned, metrics, state = tune.search(
+            data, list(choices), spec, spec_in.tune_samples, run_dir / "tune", exp.seed
         )
-        loaded = aqgan.load_checkpoint(
-            path, stack.prepared.layer_names, choices, aqgan.model_id(exp)
-        )
-        fidelity = _fidelity(args, stack, loaded) if args.fidelity_targets else []
+        model, spec = aqgan.model_from_state(state, data.idx.shape[1], choices)
+    else:
+        from tqdm import tqdm
+
+        with tqdm(total=spec.steps, desc="train AQGAN", unit="step") as bar:
+
+            def progress(step: int, _model, metrics: dict[str, float]) -> None:
+                bar.update(step - bar.n)
+                bar.set_postfix(objective=f"{metrics['objective']:.4f}")
+
+            model, metrics, _ = aqgan.fit(data, choices, spec, on_report=progress)
+    model = aqgan.refit_predictor(model, data, choices, spec)
+    train_s = time.perf_counter() - start
+    path = aqgan.save_checkpoint(
+        run_dir / "aqgan.pt",
+        model,
+        spec,
+        stack.prepared.layer_names,
+        choices,
+        store.eval_key,
+        {**metrics, "train_s": train_s},
+        aqgan.model_id(exp),
+    )
+    loaded = aqgan.load_checkpoint(path, stack.prepared.layer_names, choices, aqgan.model_id(exp))
+    fidelity = (
+        _fidelity(stack, loaded, spec_in.fidelity_targets, spec_in.fidelity_top)
+        if spec_in.fidelity_targets
+        else []
+    )
     errors = [abs(r["achieved_val_acc"] - r["target_acc"]) for r in fidelity]
     out = {
         "checkpoint": str(path),
@@ -598,28 +811,35 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "fidelity_evaluations": len(fidelity),
         "fidelity": fidelity,
     }
+    fidelity_path = path.with_name("fidelity.parquet")
     if fidelity:
         from aqgan_ray.store import write_table
 
-        out["fidelity_table"] = str(write_table(fidelity, path.with_name("fidelity.parquet")))
-    if not args.json:
-        print(
-            f"AQGAN trained on {len(data.acc)} configs in {train_s:.1f} s -> {path}\n"
-            f"held-out predictor error {metrics['heldout_mae']:.4f}, "
-            f"generator miss {metrics['cond_err']:.4f}"
-        )
-        for r in fidelity:
-            print(
-                f"  target {r['target_acc']:.4f}  predicted {r['predicted_acc']:.4f}  "
-                f"achieved {r['achieved_val_acc']:.4f}"
-            )
-        if errors:
-            mae = out["fidelity_mae"]
-            print(f"fidelity: mean |achieved - target| {mae:.4f}, max {max(errors):.4f}")
+        out["fidelity_table"] = str(write_table(fidelity, fidelity_path))
+    else:
+        fidelity_path.unlink(missing_ok=True)  # a table of another checkpoint would mislead
     return out
 
 
-def _fidelity(args: argparse.Namespace, stack: _Stack, loaded) -> list[dict[str, Any]]:
+def _train_text(out: dict[str, Any]) -> None:
+    print(
+        f"AQGAN trained on {out['store_configs']} configs in {out['train_s']:.1f} s -> "
+        f"{out['checkpoint']}\nheld-out predictor error {out['heldout_mae']:.4f}, "
+        f"generator miss {out['cond_err']:.4f}"
+    )
+    for r in out["fidelity"]:
+        print(
+            f"  target {r['target_acc']:.4f}  predicted {r['predicted_acc']:.4f}  "
+            f"achieved {r['achieved_val_acc']:.4f}"
+        )
+    if out["fidelity"]:
+        print(
+            f"fidelity: mean |achieved - target| {out['fidelity_mae']:.4f}, "
+            f"max {out['fidelity_max_err']:.4f}"
+        )
+
+
+def _fidelity(stack: _Stack, loaded, n_targets: int, top: int) -> list[dict[str, Any]]:
     """Verify the top proposals over a grid of targets spanning the store's accuracy range
     (its lowest 15% left out: targets near chance are not what anyone asks for)."""
     import numpy as np
@@ -628,12 +848,10 @@ def _fidelity(args: argparse.Namespace, stack: _Stack, loaded) -> list[dict[str,
     from aqgan_ray.select import propose
 
     lo, hi = loaded.model.scaler.lo, loaded.model.scaler.hi
-    targets = np.linspace(lo + 0.15 * (hi - lo), hi, args.fidelity_targets)
+    targets = np.linspace(lo + 0.15 * (hi - lo), hi, n_targets)
     rows = []
     for t_i, target in enumerate(tqdm(targets, desc="verify fidelity", unit="target")):
-        proposals = propose(
-            loaded, stack.prepared.layers, float(target), 256, args.top, seed=1000 + t_i
-        )
+        proposals = propose(loaded, stack.prepared.layers, float(target), 256, top, seed=1000 + t_i)
         outcomes = stack.service.evaluate([p.config for p in proposals], source="aqgan")
         for rank, (p, o) in enumerate(zip(proposals, outcomes, strict=True)):
             rows.append(
@@ -723,12 +941,12 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_baseline(args: argparse.Namespace) -> dict[str, Any]:
     """One baseline on one design point, resumable: run the same command again to continue."""
-    import re
-
     from tqdm import tqdm
 
     from aqgan_ray.cost import get_hw_model, parse_budget
     from aqgan_ray.evaluate import Evaluator
+    from aqgan_ray.experiment import Planned, search_dir
+    from aqgan_ray.experiment import identity as search_identity
     from aqgan_ray.search import DesignPoint, run_search
     from baselines import BASELINES, make
 
@@ -749,23 +967,25 @@ def cmd_baseline(args: argparse.Namespace) -> dict[str, Any]:
     choices = exp.quant.bit_choices
     hw = get_hw_model(args.hw, layers, choices)
     budget = parse_budget(args.budget, hw, layers, min(choices))
-    slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", f"{hw.name}-{budget.metric}={budget.value:.6g}")
-    run_dir = Path(args.results) / exp.name / "searches" / args.method / f"{slug}-seed{seed}"
+    static = Planned(
+        hw.name, args.budget, DesignPoint(tuple(layers), tuple(choices), hw, budget), seed
+    )
+    run_dir = search_dir(Path(args.results) / exp.name, args.method, static)
     with _evaluation_stack(args, exp) as stack:
         prepared = stack.prepared
         point = DesignPoint(tuple(prepared.layers), tuple(choices), hw, budget)
         batch = args.batch or (1 if args.method == "haq" else stack.workers)
-        proposer = make(args.method, point, seed, run_dir, prepared.fp_val_acc, batch)
-        identity = {
-            "method": args.method,
-            "hw": hw.name,
-            "metric": budget.metric,
-            "budget": budget.value,
-            "seed": seed,
-            "eval_key": stack.service.store.eval_key,
-            "layers": list(prepared.layer_names),
-            "bit_choices": list(choices),
-        }
+        proposer = make(
+            args.method,
+            point,
+            seed,
+            run_dir,
+            prepared.fp_val_acc,
+            batch,
+            exp.baselines.haq_warmup,
+        )
+        planned = Planned(hw.name, args.budget, point, seed)
+        identity = search_identity(args.method, planned, stack.service.store.eval_key)
         with tqdm(total=evaluations, desc=args.method, unit="eval", file=sys.stderr) as bar:
 
             def on_result(row: dict[str, Any]) -> None:
@@ -892,6 +1112,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "generate": cmd_generate,
     "baseline": cmd_baseline,
     "run": cmd_run,
+    "report": cmd_report,
+    "compare": cmd_compare,
     "bench": cmd_bench,
 }
 

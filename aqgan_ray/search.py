@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -33,8 +33,10 @@ from aqgan_ray.config import QuantConfig
 from aqgan_ray.cost import Budget, CostModel, within_budget
 from aqgan_ray.errors import UserError
 from aqgan_ray.layers import Layer
-from aqgan_ray.service import EvaluationService
 from aqgan_ray.store import write_trace
+
+if TYPE_CHECKING:  # the service brings Ray; generation and the proposers do not need it
+    from aqgan_ray.service import EvaluationService
 
 CHECKPOINT_FORMAT = 1
 
@@ -219,6 +221,15 @@ def _save_checkpoint(
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write the search checkpoint {path} ({exc.strerror})") from None
+
+
+def read_identity(run_dir: Path) -> dict[str, Any] | None:
+    """The identity of the search checkpointed in ``run_dir``, or None (none, or unreadable)."""
+    try:
+        state = torch.load(Path(run_dir) / "state.pt", weights_only=True)
+        return state["identity"]
+    except Exception:  # missing or damaged: run_search reports a damaged one when it opens it
+        return None
 
 
 def _load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:

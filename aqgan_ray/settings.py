@@ -70,6 +70,33 @@ class BaselineSpec:
     # Evaluations per design point for HAQ, TPE and random search: HAQ's 600 episodes. A preset
     # that lowers it is reported as doing so.
     evaluations: int = 600
+    haq_warmup: int = 20  # HAQ's random warm-up episodes (reported when lowered)
+
+
+@dataclass(frozen=True)
+class AqganSpec:
+    """How ``run`` trains AQGAN and uses it per design point."""
+
+    steps: int = 1500  # generator updates (``train --steps``)
+    tune_samples: int = 0  # Ray Tune + Optuna trials over the GAN's hyperparameters (0: none)
+    fidelity_targets: int = 5  # targets over the store's range verified after training
+    fidelity_top: int = 3  # proposals verified per fidelity target
+    verify_top: int = 3  # proposals verified per design point: AQGAN's marginal search cost
+    proposals: int = 1000  # proposals sampled per target when selecting under a budget
+
+
+@dataclass(frozen=True)
+class DesignSpec:
+    """The design points ``run`` compares methods on: every hardware model with every budget
+    (``METRIC=VALUE``, ``VALUE`` absolute or ``0.5x`` the all-8-bit cost), for every seed."""
+
+    hw: tuple[str, ...] = ("bismo-edge", "bismo-cloud", "bitfusion")
+    budgets: tuple[str, ...] = ("energy_mj=0.3x", "energy_mj=0.4x", "energy_mj=0.5x")
+    seeds: tuple[int, ...] = (0,)
+    # HAQ, Optuna and random search spend `baselines.evaluations` per point; where time is short
+    # they run only on these hardware models and budgets (empty: all). AQGAN and uniform: all.
+    search_hw: tuple[str, ...] = ()
+    search_budgets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,6 +110,8 @@ class Experiment:
     eval: EvalSpec = field(default_factory=EvalSpec)
     collect: CollectSpec = field(default_factory=CollectSpec)
     baselines: BaselineSpec = field(default_factory=BaselineSpec)
+    aqgan: AqganSpec = field(default_factory=AqganSpec)
+    design: DesignSpec = field(default_factory=DesignSpec)
 
 
 _SECTIONS = {
@@ -93,6 +122,8 @@ _SECTIONS = {
     "eval": EvalSpec,
     "collect": CollectSpec,
     "baselines": BaselineSpec,
+    "aqgan": AqganSpec,
+    "design": DesignSpec,
 }
 
 
@@ -161,6 +192,7 @@ def _validated(exp: Experiment) -> Experiment:
         ("eval", exp.eval),
         ("collect", exp.collect),
         ("baselines", exp.baselines),
+        ("aqgan", exp.aqgan),
     )
     for section, obj in sections:
         for f in fields(obj):
@@ -169,6 +201,18 @@ def _validated(exp: Experiment) -> Experiment:
                 raise UserError(f"{section}.{f.name} must not be negative, got {val}")
     if exp.baselines.evaluations < 1:
         raise UserError("baselines.evaluations must be at least 1")
+    if min(exp.aqgan.steps, exp.aqgan.fidelity_top, exp.aqgan.verify_top, exp.aqgan.proposals) < 1:
+        raise UserError("aqgan.steps, fidelity_top, verify_top and proposals must be at least 1")
+    design = exp.design
+    for key, values, kind in (
+        ("hw", design.hw, str),
+        ("budgets", design.budgets, str),
+        ("seeds", design.seeds, int),
+        ("search_hw", design.search_hw, str),
+        ("search_budgets", design.search_budgets, str),
+    ):
+        if any(not isinstance(v, kind) or isinstance(v, bool) for v in values):
+            raise UserError(f"design.{key} must be a list of {kind.__name__}s, got {list(values)}")
     if exp.train.epochs < 1 or exp.train.batch_size < 1 or exp.eval.batch_size < 1:
         raise UserError("train.epochs, train.batch_size and eval.batch_size must be at least 1")
     return replace(exp, model=model, quant=quant, data=data)

@@ -101,6 +101,14 @@ def write_trace(rows: Sequence[Mapping[str, Any]], identity: Mapping[str, Any], 
     return _write_atomic(pa.Table.from_pylist(records, schema=TRACE_SCHEMA), Path(path))
 
 
+def read_frame(path: Path):
+    """A Parquet file or dataset as a pandas DataFrame (reports and comparisons)."""
+    try:
+        return pq.read_table(Path(path)).to_pandas()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise UserError(f"cannot read {path} ({exc}); rebuild it with `aqgan-ray run`") from None
+
+
 def _write_atomic(table: pa.Table, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -29,10 +29,11 @@ def make(
     run_dir: Path,
     fp_val_acc: float,
     batch: int = 1,
+    haq_warmup: int = 20,
 ) -> Proposer:
     """The baseline called ``name``, set up for one design point."""
     if name == "haq":
-        return Haq(point, seed, fp_val_acc, HaqArgs(episodes_per_ask=batch))
+        return Haq(point, seed, fp_val_acc, HaqArgs(warmup=haq_warmup, episodes_per_ask=batch))
     if name == "uniform":
         return Uniform(point, seed)
     if name == "optuna":

@@ -370,7 +370,7 @@ def test_baseline_searches_resumes_and_extends(cli, tmp_path, ray_cluster):
     best = first["best"]
     assert best["within_budget"] and best["cost_value"] <= first["budget"]["value"]
     assert best["cost"]["bismo-edge"]["latency_ms"] == pytest.approx(best["cost_value"])
-    assert 0 < first["best"]["test_acc"] <= 1 and first["preset_evaluations"] == 30
+    assert 0 < first["best"]["test_acc"] <= 1 and first["preset_evaluations"] == 20
     trace = pd.read_parquet(first["trace"])
     assert list(trace["index"]) == [0, 1, 2, 3] and trace["within_budget"].all()
     more = _ok(cli(*args, "--evaluations", "6"))  # the same search, continued
