@@ -1,0 +1,109 @@
+"""The runner's accounting, on hand-made traces: design points and their subset, cost-to-match,
+and AQGAN's one-time cost shared by the design points it served."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from aqgan_ray.cost import get_hw_model, parse_budget
+from aqgan_ray.data import DATASET_SHAPES
+from aqgan_ray.errors import UserError
+from aqgan_ray.experiment import (
+    Planned,
+    cost_rows,
+    design_points,
+    evaluations_to_match,
+    one_time_cost,
+    runs_on,
+    trace_rows,
+)
+from aqgan_ray.layers import layer_table
+from aqgan_ray.models import build_model
+from aqgan_ray.search import DesignPoint, SearchResult
+from aqgan_ray.settings import load_experiment
+
+
+@pytest.fixture(scope="module")
+def layers():
+    shape, classes = DATASET_SHAPES["fashion-mnist"]
+    return layer_table(build_model("mobilenet_v2", classes, shape, 0.35), shape)
+
+
+def test_design_points_are_the_product_and_the_searching_subset(layers):
+    exp = load_experiment("smoke")
+    planned = design_points(exp, layers)
+    assert len(planned) == len(exp.design.hw) * len(exp.design.budgets) * len(exp.design.seeds)
+    assert {p.hw_name for p in planned} == set(exp.design.hw)
+    subset = [p for p in planned if runs_on("haq", p, exp)]
+    assert [(p.hw_name, p.budget_text) for p in subset] == [("bismo-edge", "energy_mj=0.5x")]
+    assert all(runs_on("aqgan", p, exp) and runs_on("uniform", p, exp) for p in planned)
+    assert len({p.slug() for p in planned}) == len(planned)
+
+
+def test_a_budget_no_config_meets_names_its_design_point(layers, tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text(
+        'name = "p"\n[design]\nhw = ["bismo-edge", "bitfusion"]\nbudgets = ["energy_mj=0.15x"]\n'
+    )
+    exp = load_experiment(path=str(preset))
+    with pytest.raises(UserError, match="design point bitfusion energy_mj=0.15x: .*below"):
+        design_points(exp, layers)
+
+
+def _row(index: int, acc: float, fits: bool = True, eval_s: float = 2.0) -> dict:
+    return {
+        "index": index,
+        "config_hash": f"h{index}",
+        "w_bits": [8],
+        "a_bits": [8],
+        "val_acc": acc,
+        "cost": 1.0,
+        "within_budget": fits,
+        "cached": False,
+        "eval_s": eval_s,
+        "elapsed_s": 3.0 * (index + 1),
+        "best_so_far_val_acc": acc,
+    }
+
+
+def test_evaluations_to_match_counts_until_the_first_fitting_config_that_reaches():
+    trace = [_row(0, 0.5), _row(1, 0.9, fits=False), _row(2, 0.81), _row(3, 0.95)]
+    assert evaluations_to_match(trace, 0.8) == 3
+    assert math.isnan(evaluations_to_match(trace, 0.99))
+
+
+def test_one_time_cost_is_shared_by_the_design_points_aqgan_served(layers):
+    exp = load_experiment("smoke")
+    hw = get_hw_model("bismo-edge", layers, exp.quant.bit_choices)
+    points = [
+        Planned("bismo-edge", text, DesignPoint(tuple(layers), exp.quant.bit_choices, hw,
+                parse_budget(text, hw, layers)), 0)
+        for text in ("latency_ms=0.4x", "latency_ms=0.6x")
+    ]  # fmt: skip
+    store = [
+        {"config_hash": "c1", "source": "collect", "eval_s": 1.0},
+        {"config_hash": "c2", "source": "collect", "eval_s": 3.0},
+        {"config_hash": "f1", "source": "aqgan", "eval_s": 5.0},
+        {"config_hash": "x", "source": "haq", "eval_s": 7.0},
+    ]
+    one = one_time_cost(store, [{"config_hash": "f1"}], train_s=10.0)
+    assert (one.evaluations, one.eval_cpu_s) == (3, 9.0)
+    results = {
+        ("aqgan", points[0]): SearchResult([_row(0, 0.8), _row(1, 0.7)], 0, 2, 1.0),
+        ("aqgan", points[1]): SearchResult([_row(0, 0.85)], 0, 1, 1.0),
+        ("haq", points[0]): SearchResult([_row(0, 0.6), _row(1, 0.82), _row(2, 0.7)], 0, 3, 1.0),
+    }
+    rows = cost_rows(exp, results, {"h0": 0.79, "h1": 0.8}, one)
+    by = {(r["method"], r["budget_fraction"]): r for r in rows}
+    aqgan = by[("aqgan", 0.4)]
+    assert aqgan["evaluations"] == 2 and aqgan["amortized_evaluations"] == 2 + 3 / 2
+    assert aqgan["eval_cpu_s"] == 4.0 and aqgan["amortized_eval_cpu_s"] == 4.0 + 9.0 / 2
+    assert aqgan["wall_s"] == 6.0 and aqgan["amortized_wall_s"] == 6.0 + (10.0 + 9.0) / 2
+    assert aqgan["val_acc"] == 0.8 and aqgan["test_acc"] == 0.79
+    haq = by[("haq", 0.4)]
+    assert haq["amortized_evaluations"] == haq["evaluations"] == 3
+    assert haq["evaluations_to_match"] == 2  # reached AQGAN's 0.8 at its second evaluation
+    assert [r["method"] for r in rows] == ["aqgan", "aqgan", "haq"]
+    assert len(trace_rows(results)) == 6
