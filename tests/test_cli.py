@@ -32,7 +32,8 @@ def inproc(cache_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AQGAN_RAY_CACHE", str(cache_dir))
 
     def run(*args: str) -> tuple[int, str, str]:
-        results = [] if "--results" in args else ["--results", str(tmp_path / "results")]
+        given = "--results" in args or args[0] == "compare"  # compare takes directories
+        results = [] if given else ["--results", str(tmp_path / "results")]
         code = main([*args, *results])
         captured = capsys.readouterr()
         return code, captured.out, captured.err
@@ -392,3 +393,79 @@ def test_baseline_searches_resumes_and_extends(cli, tmp_path, ray_cluster):
 )  # fmt: skip
 def test_baseline_bad_input(main_error, extra, fragment):
     main_error(["baseline", *extra, "--experiment", "smoke"], fragment)
+
+
+def _tiny_run_preset(path, smoke_preset_text: str) -> str:
+    """The smoke preset at test size: the session's 60-config store is enough, AQGAN trains
+    briefly, two design points, three evaluations per searching baseline."""
+    text = smoke_preset_text.split("\n[baselines]")[0]
+    text += (
+        "\n[baselines]\nevaluations = 3\nhaq_warmup = 1\n"
+        "[aqgan]\nsteps = 60\nfidelity_targets = 2\nfidelity_top = 1\nverify_top = 1\n"
+        "proposals = 200\n"
+        '[design]\nhw = ["bismo-edge", "bitfusion"]\nbudgets = ["energy_mj=0.5x"]\n'
+        'search_hw = ["bismo-edge"]\n'
+    )
+    path.write_text(text)
+    return str(path)
+
+
+def test_run_end_to_end_then_resume_reproduces_the_tables(
+    cli, inproc, collected, ray_cluster, tmp_path
+):
+    import shutil
+    from importlib import resources
+
+    preset = _tiny_run_preset(
+        tmp_path / "tiny.toml",
+        (resources.files("aqgan_ray") / "presets" / "smoke.toml").read_text(),
+    )
+    results = tmp_path / "results"
+    shutil.copytree(collected / "smoke" / "evaluations", results / "smoke" / "evaluations")
+    args = ("run", "--config", preset, "--results", str(results))
+    args += ("--address", ray_cluster["address"], "--json")
+    out = _ok(cli(*args))
+    run_dir = results / "smoke"
+    cost = pd.read_parquet(out["search_cost"])
+    assert sorted(set(cost["method"])) == ["aqgan", "haq", "optuna", "random", "uniform"]
+    assert cost["within_budget"].all() and cost["test_acc"].between(0, 1).all()
+    assert len(cost[cost["method"] == "aqgan"]) == 2 and len(cost[cost["method"] == "haq"]) == 1
+    assert (cost[cost["method"] == "haq"]["evaluations"] == 3).all()
+    aqgan = cost[cost["method"] == "aqgan"]
+    assert (aqgan["amortized_evaluations"] > aqgan["evaluations"]).all()
+    traces = pd.read_parquet(out["traces"])
+    assert len(traces) == cost["evaluations"].sum()
+    for name in ("report.md", "fidelity.parquet", "accuracy_vs_budget.png", "search_cost.png",
+                 "fidelity.png", "anytime.png", "test_accuracy.parquet"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    assert "## Cost to match AQGAN" in (run_dir / "report.md").read_text()
+
+    store_before = pd.read_parquet(run_dir / "evaluations")
+    again = _ok(cli(*args, "--resume"))
+    store_after = pd.read_parquet(run_dir / "evaluations")
+    assert len(store_after) == len(store_before) == store_after["config_hash"].nunique()
+    assert not again["trained"]
+    columns = ["method", "hw", "budget", "evaluations", "amortized_evaluations", "config_hash",
+               "val_acc", "test_acc", "evaluations_to_match"]  # fmt: skip
+    pd.testing.assert_frame_equal(pd.read_parquet(again["search_cost"])[columns], cost[columns])
+
+    (run_dir / "report.md").unlink()
+    code, stdout, _ = inproc("report", "--config", preset, "--results", str(results), "--json")
+    assert code == 0 and json.loads(stdout)["report"] == str(run_dir / "report.md")
+    code, stdout, _ = inproc("compare", str(run_dir), str(run_dir), "--json")
+    rows = json.loads(stdout)["rows"]
+    assert code == 0 and len(rows) == 10 and {r["method"] for r in rows} >= {"aqgan", "haq"}
+
+
+def test_run_bad_input(main_error, tmp_path):
+    main_error(["run", "--experiment", "nope"], "unknown experiment 'nope'")
+    broken = tmp_path / "broken.toml"
+    broken.write_text('name = "x"\n[design\n')
+    main_error(["run", "--config", str(broken)], "not valid TOML")
+    main_error(["run", "--experiment", "smoke", "--resume"], "no run to resume")
+    other = tmp_path / "other"
+    (other / "smoke").mkdir(parents=True)
+    (other / "smoke" / "experiment.json").write_text('{"name": "smoke", "seed": 5}')
+    main_error(["run", "--experiment", "smoke", "--results", str(other)], "another experiment")
+    assert [p.name for p in (other / "smoke").iterdir()] == ["experiment.json"]
+    main_error(["compare", str(tmp_path)], "no search_cost.parquet")
