@@ -499,7 +499,9 @@ def _test_accuracies(stack: _Stack, run_dir: Path, results: dict) -> dict[str, f
     chosen = {r.best["config_hash"]: r.best for r in results.values() if r.best is not None}
     missing = [best for key, best in chosen.items() if key not in known]
     if missing:
-        tester = Evaluator.from_splits(stack.prepared, stack.splits, compile=False)
+        # Compiling pays off over a handful of configs on a large test set (`bench eval`).
+        compile_ = stack.exp.eval.compile and len(missing) > 4
+        tester = Evaluator.from_splits(stack.prepared, stack.splits, compile=compile_)
         names = stack.prepared.layer_names
         for best in tqdm(missing, desc="test split", unit="config"):
             config = QuantConfig(names, tuple(best["w_bits"]), tuple(best["a_bits"]))
