@@ -239,6 +239,9 @@ def trace_rows(results: dict[tuple[str, Planned], SearchResult]) -> list[dict[st
 
 
 def experiment_fingerprint(exp_dict: dict[str, Any]) -> dict[str, Any]:
-    """What ties a results directory to an experiment: everything but where data lives."""
+    """What ties a results directory to an experiment: what its evaluations and model depend
+    on (not where the data lives). Design points, budgets and search lengths may change between
+    runs of one experiment: the store and every finished search stay valid."""
     data = {k: v for k, v in exp_dict["data"].items() if k != "data_dir"}
-    return {**exp_dict, "data": data}
+    keys = ("name", "seed", "model", "train", "quant", "eval")
+    return {"data": data, **{k: exp_dict[k] for k in keys}}

@@ -190,9 +190,8 @@ def run_search(
         proposer.tell(configs, [o.val_acc for o in outcomes])
         _save_checkpoint(checkpoint, identity, trace, proposer)
         write_trace(trace, identity, run_dir / "trace.parquet")
-    if not trace:
-        raise UserError(f"{proposer.name} proposed no config to evaluate")
-    if not (run_dir / "trace.parquet").exists():
+    if not (run_dir / "trace.parquet").exists():  # e.g. AQGAN found nothing that fits
+        _save_checkpoint(checkpoint, identity, trace, proposer)
         write_trace(trace, identity, run_dir / "trace.parquet")
     return SearchResult(
         trace, resumed_from, service.evaluated - evaluated_before, time.perf_counter() - start

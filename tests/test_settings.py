@@ -51,3 +51,19 @@ def test_unknown_preset_and_missing_file():
         load_experiment(path="/no/such.toml")
     with pytest.raises(UserError, match="unknown model"):
         load_experiment("smoke", model="alexnet")
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_shipped_preset_loads_and_its_design_points_are_feasible(name):
+    """No data needed: the layer table comes from the architecture, and every budget must be
+    above the cheapest config on every hardware model of the preset."""
+    from aqgan_ray.data import DATASET_SHAPES
+    from aqgan_ray.experiment import design_points
+    from aqgan_ray.layers import layer_table
+    from aqgan_ray.models import build_model
+
+    exp = load_experiment(name)
+    shape, classes = DATASET_SHAPES[exp.data.name]
+    layers = layer_table(build_model(exp.model.name, classes, shape, exp.model.width), shape)
+    planned = design_points(exp, layers)
+    assert len(planned) >= 6 and len({p.hw_name for p in planned}) >= 3
