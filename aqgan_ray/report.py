@@ -101,7 +101,11 @@ def plot_accuracy_vs_budget(cost: pd.DataFrame, path: Path) -> Path:
         ax.set_xlabel("budget (fraction of all-8-bit)" if x_col == "budget_fraction" else "budget")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    handles = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    axes[0][0].legend(handles.values(), handles.keys(), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -122,6 +126,7 @@ def plot_search_cost(cost: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.bar(labels, values, color=colors)
     ax.set_yscale("log")
+    ax.set_ylim(bottom=0.8)
     ax.set_ylabel("evaluations per design point")
     ax.set_title("search cost per design point")
     for i, value in enumerate(values):
