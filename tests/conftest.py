@@ -112,7 +112,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def collected(ray_cluster, smoke, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A results directory whose smoke store holds 60 real evaluations, collected once on the
+    """A results directory whose smoke store holds 40 real evaluations, collected once on the
     loopback cluster; AQGAN tests train on it. Returns the ``--results`` directory."""
     from aqgan_ray.collect import collect
     from aqgan_ray.evaluate import evaluation_key
@@ -132,7 +132,7 @@ def collected(ray_cluster, smoke, tmp_path_factory: pytest.TempPathFactory) -> P
             EvaluationService(store, pool),
             prepared.layer_names,
             exp.quant.bit_choices,
-            60,
+            40,
             exp.seed,
             progress=False,
         )
