@@ -137,3 +137,33 @@ def collected(ray_cluster, smoke, tmp_path_factory: pytest.TempPathFactory) -> P
             progress=False,
         )
     return results
+
+
+@pytest.fixture(scope="session")
+def smoke_layers():
+    """The smoke model's layer table, from the architecture alone (nothing trained)."""
+    from aqgan_ray.data import DATASET_SHAPES
+    from aqgan_ray.layers import layer_table
+    from aqgan_ray.models import build_model
+
+    shape, classes = DATASET_SHAPES["fashion-mnist"]
+    return layer_table(build_model("mobilenet_v2", classes, shape, 0.35), shape)
+
+
+@pytest.fixture(scope="session")
+def point_at(smoke_layers):
+    """``point_at("latency_ms=0.5x", hw="bismo-edge")``: a design point on the smoke layers."""
+    from aqgan_ray.config import DEFAULT_BIT_CHOICES
+    from aqgan_ray.cost import get_hw_model, parse_budget
+    from aqgan_ray.search import DesignPoint
+
+    def make(budget: str, hw: str = "bismo-edge"):
+        model = get_hw_model(hw, smoke_layers, DEFAULT_BIT_CHOICES)
+        return DesignPoint(
+            tuple(smoke_layers),
+            DEFAULT_BIT_CHOICES,
+            model,
+            parse_budget(budget, model, smoke_layers),
+        )
+
+    return make

@@ -8,7 +8,6 @@ import math
 import pytest
 
 from aqgan_ray.cost import get_hw_model, parse_budget
-from aqgan_ray.data import DATASET_SHAPES
 from aqgan_ray.errors import UserError
 from aqgan_ray.experiment import (
     Planned,
@@ -19,21 +18,13 @@ from aqgan_ray.experiment import (
     runs_on,
     trace_rows,
 )
-from aqgan_ray.layers import layer_table
-from aqgan_ray.models import build_model
 from aqgan_ray.search import DesignPoint, SearchResult
 from aqgan_ray.settings import load_experiment
 
 
-@pytest.fixture(scope="module")
-def layers():
-    shape, classes = DATASET_SHAPES["fashion-mnist"]
-    return layer_table(build_model("mobilenet_v2", classes, shape, 0.35), shape)
-
-
-def test_design_points_are_the_product_and_the_searching_subset(layers):
+def test_design_points_are_the_product_and_the_searching_subset(smoke_layers):
     exp = load_experiment("smoke")
-    planned = design_points(exp, layers)
+    planned = design_points(exp, smoke_layers)
     assert len(planned) == len(exp.design.hw) * len(exp.design.budgets) * len(exp.design.seeds)
     assert {p.hw_name for p in planned} == set(exp.design.hw)
     subset = [p for p in planned if runs_on("haq", p, exp)]
@@ -42,14 +33,14 @@ def test_design_points_are_the_product_and_the_searching_subset(layers):
     assert len({p.slug() for p in planned}) == len(planned)
 
 
-def test_a_budget_no_config_meets_names_its_design_point(layers, tmp_path):
+def test_a_budget_no_config_meets_names_its_design_point(smoke_layers, tmp_path):
     preset = tmp_path / "p.toml"
     preset.write_text(
         'name = "p"\n[design]\nhw = ["bismo-edge", "bitfusion"]\nbudgets = ["energy_mj=0.15x"]\n'
     )
     exp = load_experiment(path=str(preset))
     with pytest.raises(UserError, match="design point bitfusion energy_mj=0.15x: .*below"):
-        design_points(exp, layers)
+        design_points(exp, smoke_layers)
 
 
 def _row(index: int, acc: float, fits: bool = True, eval_s: float = 2.0) -> dict:
@@ -74,12 +65,12 @@ def test_evaluations_to_match_counts_until_the_first_fitting_config_that_reaches
     assert math.isnan(evaluations_to_match(trace, 0.99))
 
 
-def test_one_time_cost_is_shared_by_the_design_points_aqgan_served(layers):
+def test_one_time_cost_is_shared_by_the_design_points_aqgan_served(smoke_layers):
     exp = load_experiment("smoke")
-    hw = get_hw_model("bismo-edge", layers, exp.quant.bit_choices)
+    hw = get_hw_model("bismo-edge", smoke_layers, exp.quant.bit_choices)
     points = [
-        Planned("bismo-edge", text, DesignPoint(tuple(layers), exp.quant.bit_choices, hw,
-                parse_budget(text, hw, layers)), 0)
+        Planned("bismo-edge", text, DesignPoint(tuple(smoke_layers), exp.quant.bit_choices, hw,
+                parse_budget(text, hw, smoke_layers)), 0)
         for text in ("latency_ms=0.4x", "latency_ms=0.6x")
     ]  # fmt: skip
     store = [

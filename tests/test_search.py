@@ -213,7 +213,15 @@ def test_baselines_find_a_config_within_budget_and_pay_for_cache_hits(
     assert first.best is not None and smoke_point.fits(
         smoke_point.config(first.best["w_bits"], first.best["a_bits"])
     )
-    assert 1 <= len(first.trace) <= 4
+    accs = [r["val_acc"] for r in first.trace]
+    if method == "random":
+        assert len(first.trace) == 4
+    else:  # widest fitting width first, one narrower each time, until a drop or the end
+        fitting = [c.w_bits[0] for c in make("uniform", smoke_point, 0, tmp_path, fp).candidates]
+        widths = [r["w_bits"][0] for r in first.trace]
+        assert widths == fitting[: len(widths)]
+        assert all(a <= b for a, b in zip(accs[:-2], accs[1:-1], strict=True))
+        assert accs[-1] < accs[-2] or len(widths) in (4, len(fitting))
     again = search(tmp_path / "b")  # same seed, new run: every config is in the store
     assert again.evaluated_now == 0
     assert len(again.trace) == len(first.trace)  # and every one is charged

@@ -13,10 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from aqgan_ray.cost import get_hw_model, parse_budget
-from aqgan_ray.data import DATASET_SHAPES
-from aqgan_ray.layers import layer_table
-from aqgan_ray.models import build_model
 from aqgan_ray.search import DesignPoint
 from baselines.haq import FEATURES, Haq, HaqArgs, action_to_bits, layer_states, truncated_normal
 
@@ -24,32 +20,25 @@ CHOICES = (2, 3, 4, 5, 6, 7, 8)
 
 
 @pytest.fixture(scope="module")
-def layers():
-    shape, classes = DATASET_SHAPES["fashion-mnist"]
-    return layer_table(build_model("mobilenet_v2", classes, shape, 0.35), shape)
+def point(point_at) -> DesignPoint:
+    return point_at("latency_ms=0.4x")
 
 
-@pytest.fixture(scope="module")
-def point(layers) -> DesignPoint:
-    hw = get_hw_model("bismo-edge", layers, CHOICES)
-    return DesignPoint(tuple(layers), CHOICES, hw, parse_budget("latency_ms=0.4x", hw, layers))
-
-
-def test_ten_features_per_step_min_max_normalised(layers):
-    states = layer_states(layers)
-    assert states.shape == (2 * len(layers), len(FEATURES)) == (2 * len(layers), 10)
+def test_ten_features_per_step_min_max_normalised(smoke_layers):
+    states = layer_states(smoke_layers)
+    assert states.shape == (2 * len(smoke_layers), len(FEATURES)) == (2 * len(smoke_layers), 10)
     assert states.min() >= 0.0 and states.max() <= 1.0
     col = {name: states[:, i] for i, name in enumerate(FEATURES)}
     for name in ("layer_index", "in_channels", "out_channels", "kernel", "feature_map", "weights"):
         assert col[name].min() == 0.0 and col[name].max() == 1.0, name
     # Weight step then activation step for every layer; both steps describe the same layer.
-    assert np.array_equal(col["weight_step"], np.tile([1.0, 0.0], len(layers)))
+    assert np.array_equal(col["weight_step"], np.tile([1.0, 0.0], len(smoke_layers)))
     assert np.array_equal(states[0::2, :8], states[1::2, :8])
-    assert np.allclose(col["layer_index"][0::2], np.linspace(0, 1, len(layers)))
-    depthwise = np.array([layer.kind == "dwconv" for layer in layers], dtype=np.float32)
+    assert np.allclose(col["layer_index"][0::2], np.linspace(0, 1, len(smoke_layers)))
+    depthwise = np.array([layer.kind == "dwconv" for layer in smoke_layers], dtype=np.float32)
     assert depthwise.any() and np.array_equal(col["depthwise"][0::2], depthwise)
     # The classifier is linear: kernel 1 and stride 0, the smallest values of their columns.
-    assert layers[-1].kind == "linear"
+    assert smoke_layers[-1].kind == "linear"
     assert col["stride"][-1] == 0.0 and col["kernel"][-1] == 0.0
     assert not col["prev_action"].any()  # filled in while an episode runs
 

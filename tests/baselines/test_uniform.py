@@ -3,27 +3,9 @@ once a narrower width scores below the one before it."""
 
 from __future__ import annotations
 
-import pytest
-
-from aqgan_ray.cost import get_hw_model, parse_budget
-from aqgan_ray.data import DATASET_SHAPES
-from aqgan_ray.layers import layer_table
-from aqgan_ray.models import build_model
-from aqgan_ray.search import DesignPoint
 from baselines.uniform import Uniform
 
 CHOICES = (2, 3, 4, 5, 6, 7, 8)
-
-
-@pytest.fixture(scope="module")
-def layers():
-    shape, classes = DATASET_SHAPES["fashion-mnist"]
-    return layer_table(build_model("mobilenet_v2", classes, shape, 0.35), shape)
-
-
-def _point(layers, budget: str) -> DesignPoint:
-    hw = get_hw_model("bismo-edge", layers, CHOICES)
-    return DesignPoint(tuple(layers), CHOICES, hw, parse_budget(budget, hw, layers))
 
 
 def _sweep(uniform: Uniform, accuracy: dict[int, float]) -> list[int]:
@@ -35,8 +17,8 @@ def _sweep(uniform: Uniform, accuracy: dict[int, float]) -> list[int]:
     return tried
 
 
-def test_widest_fitting_first_and_stop_after_a_drop(layers):
-    point = _point(layers, "latency_ms=0.6x")
+def test_widest_fitting_first_and_stop_after_a_drop(point_at):
+    point = point_at("latency_ms=0.6x")
     uniform = Uniform(point)
     widths = [c.w_bits[0] for c in uniform.candidates]
     assert widths == sorted(widths, reverse=True) and 8 not in widths
@@ -46,8 +28,8 @@ def test_widest_fitting_first_and_stop_after_a_drop(layers):
     assert _sweep(uniform, accuracy) == widths[:2]
 
 
-def test_a_rise_at_narrower_width_keeps_the_sweep_going_and_it_resumes(layers):
-    point = _point(layers, "latency_ms=1x")
+def test_a_rise_at_narrower_width_keeps_the_sweep_going_and_it_resumes(point_at):
+    point = point_at("latency_ms=1x")
     accuracy = {8: 0.80, 7: 0.81, 6: 0.79, 5: 0.7, 4: 0.5, 3: 0.2, 2: 0.1}
     assert _sweep(Uniform(point), accuracy) == [8, 7, 6]
     first = Uniform(point)
