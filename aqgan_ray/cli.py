@@ -394,7 +394,8 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
         results = _search_stage(stack, run_dir, planned, loaded)
         test_acc = _test_accuracies(stack, run_dir, results)
         store_rows = stack.service.store.rows()
-    out = _write_comparison(exp, stack, run_dir, planned, results, test_acc, store_rows, trained)
+    out = _write_comparison(exp, stack, run_dir, planned, results, test_acc, store_rows, loaded)
+    out["trained"] = bool(trained)
     out["collect"] = collected
     if not args.json:
         _comparison_text(out)
@@ -510,17 +511,13 @@ def _test_accuracies(stack: _Stack, run_dir: Path, results: dict) -> dict[str, f
     return known
 
 
-def _write_comparison(exp, stack, run_dir, planned, results, test_acc, store_rows, trained):
+def _write_comparison(exp, stack, run_dir, planned, results, test_acc, store_rows, loaded):
     """search_cost.parquet, traces.parquet, run.json and the report."""
     from aqgan_ray import experiment, report
-    from aqgan_ray.aqgan import load_checkpoint, model_id
     from aqgan_ray.store import read_frame, write_table
 
     fidelity_path = run_dir / "fidelity.parquet"
     fidelity = read_frame(fidelity_path).to_dict("records") if fidelity_path.is_file() else []
-    loaded = load_checkpoint(
-        run_dir / "aqgan.pt", stack.prepared.layer_names, exp.quant.bit_choices, model_id(exp)
-    )
     one = experiment.one_time_cost(store_rows, fidelity, loaded.metrics["train_s"])
     rows = experiment.cost_rows(exp, results, test_acc, one)
     cost_path = write_table(rows, run_dir / "search_cost.parquet")
@@ -567,7 +564,6 @@ def _write_comparison(exp, stack, run_dir, planned, results, test_acc, store_row
         "report": str(report_path),
         "rows": rows,
         "one_time": summary["one_time"],
-        "trained": bool(trained),
     }
 
 
@@ -969,13 +965,12 @@ def cmd_baseline(args: argparse.Namespace) -> dict[str, Any]:
     choices = exp.quant.bit_choices
     hw = get_hw_model(args.hw, layers, choices)
     budget = parse_budget(args.budget, hw, layers, min(choices))
-    static = Planned(
-        hw.name, args.budget, DesignPoint(tuple(layers), tuple(choices), hw, budget), seed
-    )
-    run_dir = search_dir(Path(args.results) / exp.name, args.method, static)
+    # The layer table from the architecture is the one `prepare` builds: one design point serves.
+    point = DesignPoint(tuple(layers), tuple(choices), hw, budget)
+    planned = Planned(hw.name, args.budget, point, seed)
+    run_dir = search_dir(Path(args.results) / exp.name, args.method, planned)
     with _evaluation_stack(args, exp) as stack:
         prepared = stack.prepared
-        point = DesignPoint(tuple(prepared.layers), tuple(choices), hw, budget)
         batch = args.batch or (1 if args.method == "haq" else stack.workers)
         proposer = make(
             args.method,
@@ -986,7 +981,6 @@ def cmd_baseline(args: argparse.Namespace) -> dict[str, Any]:
             batch,
             exp.baselines.haq_warmup,
         )
-        planned = Planned(hw.name, args.budget, point, seed)
         identity = search_identity(args.method, planned, stack.service.store.eval_key)
         with tqdm(total=evaluations, desc=args.method, unit="eval", file=sys.stderr) as bar:
 
