@@ -22,6 +22,18 @@ FORMAT_VERSION = 1
 MIN_STORE = 30
 # Targets on which the condition error and diversity are measured (scaled accuracy).
 TARGET_GRID = tuple(np.linspace(0.1, 1.0, 7))
+# Share of the store's accuracy range, from its bottom, where nobody asks for a target: near
+# chance. Fidelity and refinement targets lie above it.
+BAND_FLOOR = 0.15
+
+
+def band_start(lo: float, hi: float) -> float:
+    return lo + BAND_FLOOR * (hi - lo)
+
+
+def fidelity_targets(lo: float, hi: float, n: int) -> np.ndarray:
+    """``n`` evenly spaced targets from the band's start to the store's best accuracy."""
+    return np.linspace(band_start(lo, hi), hi, n)
 
 
 @dataclass(frozen=True)

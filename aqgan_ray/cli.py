@@ -121,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="targets over the store's range on which proposals are verified (0: skip)",
     )
     p.add_argument("--top", type=int, default=3, metavar="K", help="proposals verified per target")
+    p.add_argument(
+        "--refine-rounds",
+        type=int,
+        default=None,
+        metavar="R",
+        help="rounds of active refinement after training (default: the preset's; 0: none)",
+    )
+    p.add_argument(
+        "--refine-targets",
+        type=int,
+        default=None,
+        metavar="G",
+        help="targets per refinement round, one verified proposal each (default: the preset's)",
+    )
     p = sub.add_parser("generate", help="configs for a target accuracy and/or a hardware budget")
     _common(p)
     _ray_args(p)
@@ -421,7 +435,11 @@ def _aqgan_stage(stack: _Stack, run_dir: Path):
     trained: dict[str, Any] = {}
     try:
         loaded = aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp))
-        current = loaded.eval_key == store.eval_key and "train_s" in loaded.metrics
+        current = (
+            loaded.eval_key == store.eval_key
+            and "train_s" in loaded.metrics
+            and loaded.metrics.get("refine_rounds", 0) >= exp.aqgan.refine_rounds
+        )
     except UserError:
         current = False
     if not current:
@@ -518,7 +536,8 @@ def _write_comparison(exp, stack, run_dir, planned, results, test_acc, store_row
 
     fidelity_path = run_dir / "fidelity.parquet"
     fidelity = read_frame(fidelity_path).to_dict("records") if fidelity_path.is_file() else []
-    one = experiment.one_time_cost(store_rows, fidelity, loaded.metrics["train_s"])
+    refine_rows = _refine_log(run_dir, loaded.eval_key)
+    one = experiment.one_time_cost(store_rows, fidelity, loaded.metrics["train_s"], refine_rows)
     rows = experiment.cost_rows(exp, results, test_acc, one)
     cost_path = write_table(rows, run_dir / "search_cost.parquet")
     traces_path = write_table(experiment.trace_rows(results), run_dir / "traces.parquet")
@@ -546,6 +565,7 @@ def _write_comparison(exp, stack, run_dir, planned, results, test_acc, store_row
         "design_points": len(planned),
         "one_time": {
             "collect_evaluations": one.collect_evaluations,
+            "refine_evaluations": one.refine_evaluations,
             "fidelity_evaluations": one.fidelity_evaluations,
             "evaluations": one.evaluations,
             "eval_cpu_s": one.eval_cpu_s,
@@ -734,12 +754,19 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("--tune-samples and --fidelity-targets must be >= 0, --top >= 1")
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be at least 1")
+    targets = args.refine_targets
+    if (args.refine_rounds or 0) < 0 or (targets is not None and targets < 1):
+        raise UserError("--refine-rounds must be >= 0 and --refine-targets >= 1")
     aqgan_spec = replace(
         exp.aqgan,
         tune_samples=args.tune_samples,
         fidelity_targets=args.fidelity_targets,
         fidelity_top=args.top,
         steps=exp.aqgan.steps if args.steps is None else args.steps,
+        refine_rounds=exp.aqgan.refine_rounds if args.refine_rounds is None else args.refine_rounds,
+        refine_targets=(
+            exp.aqgan.refine_targets if args.refine_targets is None else args.refine_targets
+        ),
     )
     with _evaluation_stack(args, exp) as stack:
         out = _train_stage(stack, aqgan_spec, Path(args.results) / exp.name)
@@ -749,7 +776,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
-    """Train AQGAN on the store (optionally tuned), save the checkpoint, verify fidelity."""
+    """Train AQGAN on the store (optionally tuned), refine it actively (optionally), save the
+    checkpoint, verify fidelity."""
     import time
     from dataclasses import replace
 
@@ -759,7 +787,8 @@ def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
     spec = replace(gan.GanSpec(seed=exp.seed), steps=spec_in.steps)
     store = stack.service.store
     choices = exp.quant.bit_choices
-    data = aqgan.training_data(store.rows(), stack.prepared.layer_names, choices)
+    names = stack.prepared.layer_names
+    data = aqgan.training_data(store.rows(), names, choices)
     start = time.perf_counter()
     tuned: dict[str, Any] = {}
     if spec_in.tune_samples:
@@ -780,32 +809,48 @@ def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
 
             model, metrics, _ = aqgan.fit(data, choices, spec, on_report=progress)
     model = aqgan.refit_predictor(model, data, choices, spec)
-    train_s = time.perf_counter() - start
+    waited = 0.0
+    refine_log: list[dict[str, Any]] = []
+    if spec_in.refine_rounds:
+        current = aqgan.Loaded(model, spec, tuple(names), tuple(choices), store.eval_key, {})
+        model, refine_log, waited = _refine_stage(stack, current, spec_in, run_dir)
+    train_s = time.perf_counter() - start - waited  # evaluations are counted on their own
     path = aqgan.save_checkpoint(
         run_dir / "aqgan.pt",
         model,
         spec,
-        stack.prepared.layer_names,
+        names,
         choices,
         store.eval_key,
-        {**metrics, "train_s": train_s},
+        {
+            **metrics,
+            "train_s": train_s,
+            "refine_rounds": spec_in.refine_rounds,
+            "refine_targets": spec_in.refine_targets,
+            "refine_evaluations": len(refine_log),
+        },
         aqgan.model_id(exp),
     )
-    loaded = aqgan.load_checkpoint(path, stack.prepared.layer_names, choices, aqgan.model_id(exp))
+    loaded = aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp))
     fidelity = (
         _fidelity(stack, loaded, spec_in.fidelity_targets, spec_in.fidelity_top)
         if spec_in.fidelity_targets
         else []
     )
     errors = [abs(r["achieved_val_acc"] - r["target_acc"]) for r in fidelity]
+    from aqgan_ray.refine import summary
+
     out = {
         "checkpoint": str(path),
-        "store_configs": len(data.acc),
+        "store_configs": len(data.acc) + len({r["config_hash"] for r in refine_log}),
         "train_s": train_s,
         "tune": tuned,
         **{k: metrics[k] for k in ("heldout_mae", "cond_err", "objective")},
+        "refine": summary(refine_log),
+        "refine_evaluations": len(refine_log),
         "fidelity_mae": float(sum(errors) / len(errors)) if errors else None,
         "fidelity_max_err": max(errors) if errors else None,
+        "fidelity_within_2pts": (sum(e <= 0.02 for e in errors) / len(errors) if errors else None),
         "fidelity_evaluations": len(fidelity),
         "fidelity": fidelity,
     }
@@ -817,6 +862,59 @@ def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
     else:
         fidelity_path.unlink(missing_ok=True)  # a table of another checkpoint would mislead
     return out
+
+
+def _refine_log(run_dir: Path, eval_key: str) -> list[dict[str, Any]]:
+    """Rounds of refinement already done on this store (``refine.parquet``)."""
+    from aqgan_ray.store import read_frame
+
+    path = run_dir / "refine.parquet"
+    if not path.is_file():
+        return []
+    rows = read_frame(path).to_dict("records")
+    return [row for row in rows if row.get("eval_key") == eval_key]
+
+
+def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path):
+    """Active refinement through the evaluation service, one ``refine.parquet`` write per
+    round; returns (model, log, seconds spent waiting on evaluations)."""
+    import time
+
+    from tqdm import tqdm
+
+    from aqgan_ray import aqgan
+    from aqgan_ray.refine import refine
+    from aqgan_ray.store import write_table
+
+    store = stack.service.store
+    log = _refine_log(run_dir, store.eval_key)
+    done = len({row["round"] for row in log})
+    bar = tqdm(total=spec_in.refine_rounds, initial=min(done, spec_in.refine_rounds),
+               desc="refine AQGAN", unit="round")  # fmt: skip
+    waited = 0.0
+
+    def evaluate(configs):
+        nonlocal waited
+        start = time.perf_counter()
+        outcomes = stack.service.evaluate(configs, source="refine")
+        waited += time.perf_counter() - start
+        return [(o.val_acc, o.cached) for o in outcomes]
+
+    def on_round(r: int, rows, model) -> None:
+        write_table([{**row, "eval_key": store.eval_key} for row in rows],
+                    run_dir / "refine.parquet")  # fmt: skip
+        miss = [abs(x["achieved_val_acc"] - x["target_acc"]) for x in rows if x["round"] == r]
+        bar.update(1)
+        bar.set_postfix(mean_miss=f"{sum(miss) / len(miss):.4f}", store=len(store))
+
+    def data_of():
+        return aqgan.training_data(store.rows(), loaded.layer_names, loaded.bit_choices)
+
+    with bar:
+        model = refine(
+            loaded, spec_in.refine_rounds, spec_in.refine_targets, data_of, evaluate, log, on_round
+        )
+    return model, log, waited
 
 
 def _train_text(out: dict[str, Any]) -> None:
@@ -840,13 +938,12 @@ def _train_text(out: dict[str, Any]) -> None:
 def _fidelity(stack: _Stack, loaded, n_targets: int, top: int) -> list[dict[str, Any]]:
     """Verify the top proposals over a grid of targets spanning the store's accuracy range
     (its lowest 15% left out: targets near chance are not what anyone asks for)."""
-    import numpy as np
     from tqdm import tqdm
 
+    from aqgan_ray import aqgan
     from aqgan_ray.select import propose
 
-    lo, hi = loaded.model.scaler.lo, loaded.model.scaler.hi
-    targets = np.linspace(lo + 0.15 * (hi - lo), hi, n_targets)
+    targets = aqgan.fidelity_targets(loaded.model.scaler.lo, loaded.model.scaler.hi, n_targets)
     rows = []
     for t_i, target in enumerate(tqdm(targets, desc="verify fidelity", unit="target")):
         proposals = propose(loaded, stack.prepared.layers, float(target), 256, top, seed=1000 + t_i)

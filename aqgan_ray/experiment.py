@@ -120,24 +120,34 @@ def discard_stale(folder: Path, wanted: dict) -> None:
 
 @dataclass(frozen=True)
 class OneTime:
-    """AQGAN's one-time cost: collecting the store and training (with its verification)."""
+    """AQGAN's one-time cost: collecting the store, training, active refinement (its requests,
+    cache hits included) and the fidelity verification after training."""
 
     collect_evaluations: int
     collect_eval_cpu_s: float
     fidelity_evaluations: int
     fidelity_eval_cpu_s: float
     train_s: float
+    refine_evaluations: int = 0
+    refine_eval_cpu_s: float = 0.0
 
     @property
     def evaluations(self) -> int:
-        return self.collect_evaluations + self.fidelity_evaluations
+        return self.collect_evaluations + self.refine_evaluations + self.fidelity_evaluations
 
     @property
     def eval_cpu_s(self) -> float:
-        return self.collect_eval_cpu_s + self.fidelity_eval_cpu_s
+        return self.collect_eval_cpu_s + self.refine_eval_cpu_s + self.fidelity_eval_cpu_s
 
 
-def one_time_cost(store_rows: Sequence[dict], fidelity_rows: Sequence[dict], train_s: float):
+def one_time_cost(
+    store_rows: Sequence[dict],
+    fidelity_rows: Sequence[dict],
+    train_s: float,
+    refine_rows: Sequence[dict] = (),
+) -> OneTime:
+    """Evaluator seconds of a request are those its stored evaluation took (a cache hit is
+    charged what it would have cost)."""
     eval_s = {row["config_hash"]: row["eval_s"] for row in store_rows}
     collected = [row for row in store_rows if row["source"] == "collect"]
     return OneTime(
@@ -146,6 +156,8 @@ def one_time_cost(store_rows: Sequence[dict], fidelity_rows: Sequence[dict], tra
         len(fidelity_rows),
         float(sum(eval_s.get(row["config_hash"], 0.0) for row in fidelity_rows)),
         float(train_s),
+        len(refine_rows),
+        float(sum(eval_s.get(row["config_hash"], 0.0) for row in refine_rows)),
     )
 
 

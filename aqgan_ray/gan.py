@@ -204,6 +204,7 @@ def train_gan(
     spec: GanSpec,
     on_step: Callable[[int, TrainedGan], None] | None = None,
     report_every: int = 250,
+    init: TrainedGan | None = None,
 ) -> TrainedGan:
     """Train the predictor, then the GAN, on configs ``idx`` [n, L, 2] with accuracies ``acc``.
 
@@ -221,6 +222,10 @@ def train_gan(
 
     g = Generator(n_layers, n_choices, spec.noise_dim, spec.hidden)
     d = Discriminator(n_layers, n_choices, spec.hidden)
+    if init is not None:
+        g.load_state_dict(init.generator.state_dict())
+        d.load_state_dict(init.discriminator.state_dict())
+        g.train(), d.train()
     opt_g = torch.optim.Adam(g.parameters(), lr=spec.lr_g, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=spec.lr_d, betas=(0.5, 0.999))
     model = TrainedGan(g, d, predictor, scaler)

@@ -225,7 +225,8 @@ def build(run_dir: Path) -> Path:
         if one:
             lines += [
                 f"AQGAN's one-time cost: {one['collect_evaluations']} evaluations to collect the "
-                f"store and {one['fidelity_evaluations']} to verify fidelity after training "
+                f"store, {one.get('refine_evaluations', 0)} of active refinement and "
+                f"{one['fidelity_evaluations']} to verify fidelity after training "
                 f"({one['eval_cpu_s']:.0f} evaluator seconds), and {one['train_s']:.0f} s of "
                 f"training, shared by {one['design_points']} design points.",
                 "",

@@ -83,6 +83,10 @@ class AqganSpec:
     fidelity_top: int = 3  # proposals verified per fidelity target
     verify_top: int = 3  # proposals verified per design point: AQGAN's marginal search cost
     proposals: int = 1000  # proposals sampled per target when selecting under a budget
+    # Active refinement after training (``refine.py``): rounds of one verified proposal per
+    # target over this many targets, each followed by more training. 0: none.
+    refine_rounds: int = 0
+    refine_targets: int = 12
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,8 @@ def _validated(exp: Experiment) -> Experiment:
         raise UserError("baselines.evaluations must be at least 1")
     if min(exp.aqgan.steps, exp.aqgan.fidelity_top, exp.aqgan.verify_top, exp.aqgan.proposals) < 1:
         raise UserError("aqgan.steps, fidelity_top, verify_top and proposals must be at least 1")
+    if exp.aqgan.refine_targets < 1:
+        raise UserError("aqgan.refine_targets must be at least 1")
     design = exp.design
     for key, values, kind in (
         ("hw", design.hw, str),
