@@ -653,6 +653,7 @@ class _Stack:
     cluster: dict[str, Any]
     quarantined: list[str]
     workers: int  # evaluators the pool will start
+    cache: Path  # trained models, calibration, sensitivity profiles
 
 
 @contextlib.contextmanager
@@ -661,6 +662,7 @@ def _evaluation_stack(args: argparse.Namespace, exp) -> Iterator[_Stack]:
     never waits for training, and the actors start only if a config misses the store."""
     from aqgan_ray.evaluate import evaluation_key
     from aqgan_ray.pool import EvaluatorPool, PoolSpec, connect, plan_workers
+    from aqgan_ray.prepare import default_cache_dir
     from aqgan_ray.service import EvaluationService
     from aqgan_ray.store import EvaluationStore
 
@@ -669,6 +671,7 @@ def _evaluation_stack(args: argparse.Namespace, exp) -> Iterator[_Stack]:
     cluster = connect(args.address)
     workers = plan_workers(spec)
     prepared, splits = _prepare(args, exp)
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     store = EvaluationStore(root, evaluation_key(prepared, splits.val_x, splits.val_y))
     quarantined = [str(p) for p in store.quarantine_unreadable()]
     train = (splits.train_x, splits.train_y) if exp.eval.finetune_steps else None
@@ -681,7 +684,7 @@ def _evaluation_stack(args: argparse.Namespace, exp) -> Iterator[_Stack]:
     service = EvaluationService(store, make_pool)
     try:
         with store:
-            yield _Stack(exp, prepared, splits, service, cluster, quarantined, workers)
+            yield _Stack(exp, prepared, splits, service, cluster, quarantined, workers, cache)
     finally:
         service.close()
 
@@ -788,14 +791,15 @@ def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
     store = stack.service.store
     choices = exp.quant.bit_choices
     names = stack.prepared.layer_names
-    data = aqgan.training_data(store.rows(), names, choices)
     start = time.perf_counter()
+    profile = _profile(stack, spec_in.profile_images)
+    data = aqgan.training_data(store.rows(), names, choices, profile)
     tuned: dict[str, Any] = {}
     if spec_in.tune_samples:
         from aqgan_ray import tune
 
         tuned, metrics, state = tune.search(
-            data, list(choices), spec, spec_in.tune_samples, run_dir / "tune", exp.seed
+            data, spec, spec_in.tune_samples, run_dir / "tune", exp.seed
         )
         model, spec = aqgan.model_from_state(state, data.idx.shape[1], choices)
     else:
@@ -807,14 +811,15 @@ def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
                 bar.update(step - bar.n)
                 bar.set_postfix(objective=f"{metrics['objective']:.4f}")
 
-            model, metrics, _ = aqgan.fit(data, choices, spec, on_report=progress)
-    model = aqgan.refit_predictor(model, data, choices, spec)
+            model, metrics, _ = aqgan.fit(data, spec, on_report=progress)
+    model = aqgan.refit_predictor(model, data, spec)
     waited = 0.0
     refine_log: list[dict[str, Any]] = []
     if spec_in.refine_rounds:
         current = aqgan.Loaded(model, spec, tuple(names), tuple(choices), store.eval_key, {})
-        model, refine_log, waited = _refine_stage(stack, current, spec_in, run_dir)
+        model, refine_log, waited = _refine_stage(stack, current, spec_in, run_dir, profile)
     train_s = time.perf_counter() - start - waited  # evaluations are counted on their own
+    trained_on = len(store)
     path = aqgan.save_checkpoint(
         run_dir / "aqgan.pt",
         model,
@@ -842,7 +847,7 @@ def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
 
     out = {
         "checkpoint": str(path),
-        "store_configs": len(data.acc) + len({r["config_hash"] for r in refine_log}),
+        "store_configs": trained_on,
         "train_s": train_s,
         "tune": tuned,
         **{k: metrics[k] for k in ("heldout_mae", "cond_err", "objective")},
@@ -875,7 +880,20 @@ def _refine_log(run_dir: Path, eval_key: str) -> list[dict[str, Any]]:
     return [row for row in rows if row.get("eval_key") == eval_key]
 
 
-def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path):
+def _profile(stack: _Stack, n_images: int):
+    """The base model's sensitivity profile (measured once, then read from the cache)."""
+    from aqgan_ray.sensitivity import cached_profile
+
+    return cached_profile(
+        stack.prepared,
+        stack.splits.train_x,
+        n_images,
+        stack.exp.quant.bit_choices,
+        stack.cache,
+    )
+
+
+def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path, profile):
     """Active refinement through the evaluation service, one ``refine.parquet`` write per
     round; returns (model, log, seconds spent waiting on evaluations)."""
     import time
@@ -908,7 +926,7 @@ def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path):
         bar.set_postfix(mean_miss=f"{sum(miss) / len(miss):.4f}", store=len(store))
 
     def data_of():
-        return aqgan.training_data(store.rows(), loaded.layer_names, loaded.bit_choices)
+        return aqgan.training_data(store.rows(), loaded.layer_names, loaded.bit_choices, profile)
 
     with bar:
         model = refine(

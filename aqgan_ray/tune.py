@@ -42,10 +42,11 @@ def search_space() -> dict[str, Any]:
         "noise_dim": tune.choice([16, 32, 64]),
         "predictor_hidden": tune.choice([16, 32, 64]),
         "predictor_weight_decay": tune.loguniform(1e-4, 1e-1),
+        "predictor_penalty": tune.loguniform(1e-3, 1e-1),
     }
 
 
-def _trainable(config: dict[str, Any], data: aqgan.TrainingData, bit_values: list, base: dict):
+def _trainable(config: dict[str, Any], data: aqgan.TrainingData, base: dict):
     torch.set_num_threads(1)
     spec = replace(gan.GanSpec(**base), **config)
 
@@ -55,12 +56,11 @@ def _trainable(config: dict[str, Any], data: aqgan.TrainingData, bit_values: lis
             torch.save(aqgan.model_state(model, spec), path)
             tune.report({**metrics, "step": step}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    aqgan.fit(data, bit_values, spec, on_report=on_report)
+    aqgan.fit(data, spec, on_report=on_report)
 
 
 def search(
     data: aqgan.TrainingData,
-    bit_values: list[int],
     base: gan.GanSpec,
     samples: int,
     storage: Path,
@@ -70,9 +70,7 @@ def search(
     storage = Path(storage).resolve()
     path = storage / EXPERIMENT
     trainable = tune.with_resources(
-        tune.with_parameters(
-            _trainable, data=data, bit_values=list(bit_values), base=base.to_dict()
-        ),
+        tune.with_parameters(_trainable, data=data, base=base.to_dict()),
         {"cpu": 1},
     )
     restored = tune.Tuner.can_restore(str(path))

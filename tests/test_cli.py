@@ -247,7 +247,7 @@ def test_bench_scaling_reports_side_by_side(cli, tmp_path, ray_cluster):
 
 
 @pytest.fixture(scope="module")
-def checkpointed(collected, smoke, tmp_path_factory):
+def checkpointed(collected, smoke, profile, tmp_path_factory):
     """A results directory holding only a quickly trained smoke AQGAN checkpoint."""
     from aqgan_ray import aqgan, gan
     from aqgan_ray.store import EvaluationStore
@@ -256,7 +256,7 @@ def checkpointed(collected, smoke, tmp_path_factory):
     names, choices = prepared.layer_names, exp.quant.bit_choices
     rows = EvaluationStore(collected / "smoke" / "evaluations", None).rows()
     spec = gan.GanSpec(steps=20, predictor_members=1, predictor_epochs=20)
-    model, metrics, _ = aqgan.fit(aqgan.training_data(rows, names, choices), choices, spec)
+    model, metrics, _ = aqgan.fit(aqgan.training_data(rows, names, choices, profile), spec)
     results = tmp_path_factory.mktemp("checkpointed")
     path = results / "smoke" / "aqgan.pt"
     aqgan.save_checkpoint(path, model, spec, names, choices, "k", metrics, aqgan.model_id(exp))
@@ -269,9 +269,16 @@ def test_train_then_generate_and_verify(cli, collected, ray_cluster):
     base = ("--experiment", "smoke", "--results", str(collected))
     base += ("--address", ray_cluster["address"])
     trained = _ok(
-        cli("train", *base, "--steps", "150", "--fidelity-targets", "2", "--top", "2", "--json")
-    )
-    assert trained["store_configs"] == 40 and trained["fidelity_evaluations"] == 4
+        cli("train", *base, "--steps", "150", "--fidelity-targets", "2", "--top", "2",
+            "--refine-rounds", "1", "--refine-targets", "2", "--json")
+    )  # fmt: skip
+    refined = pd.read_parquet(collected / "smoke" / "refine.parquet")
+    assert list(refined["round"]) == [0, 0] and trained["refine_evaluations"] == 2
+    assert trained["refine"][0]["evaluations"] == 2
+    store = pd.read_parquet(collected / "smoke" / "evaluations")
+    new = store[store["source"] == "refine"]["config_hash"]
+    assert set(new) <= set(refined["config_hash"]) and trained["store_configs"] == 40 + len(new)
+    assert trained["fidelity_evaluations"] == 4
     assert 0 <= trained["fidelity_mae"] <= 1 and trained["heldout_mae"] > 0
     fidelity = pd.read_parquet(trained["fidelity_table"])
     assert {"target_acc", "predicted_acc", "achieved_val_acc"} <= set(fidelity.columns)
@@ -399,7 +406,7 @@ def _tiny_run_preset(path, smoke_preset_text: str) -> str:
     text += (
         "\n[baselines]\nevaluations = 3\nhaq_warmup = 1\n"
         "[aqgan]\nsteps = 60\nfidelity_targets = 2\nfidelity_top = 1\nverify_top = 1\n"
-        "proposals = 200\n"
+        "proposals = 200\nrefine_rounds = 1\nrefine_targets = 2\n"
         '[design]\nhw = ["bismo-edge", "bitfusion"]\nbudgets = ["energy_mj=0.5x"]\n'
         'search_hw = ["bismo-edge"]\n'
     )
@@ -428,7 +435,12 @@ def test_run_end_to_end_then_resume_reproduces_the_tables(inproc, collected, ray
     assert len(cost[cost["method"] == "aqgan"]) == 2 and len(cost[cost["method"] == "haq"]) == 1
     assert (cost[cost["method"] == "haq"]["evaluations"] == 3).all()
     aqgan = cost[cost["method"] == "aqgan"]
-    assert (aqgan["amortized_evaluations"] > aqgan["evaluations"]).all()
+    one_time = json.loads((run_dir / "run.json").read_text())["one_time"]
+    assert one_time["refine_evaluations"] == len(pd.read_parquet(run_dir / "refine.parquet")) == 2
+    assert one_time["evaluations"] == 40 + 2 + one_time["fidelity_evaluations"]
+    assert (
+        aqgan["amortized_evaluations"] == aqgan["evaluations"] + one_time["evaluations"] / 2
+    ).all()
     traces = pd.read_parquet(out["traces"])
     assert len(traces) == cost["evaluations"].sum()
     for name in ("report.md", "fidelity.parquet", "accuracy_vs_budget.png", "search_cost.png",
