@@ -151,14 +151,10 @@ def model_from_state(
     spec = gan.GanSpec(**{k: v for k, v in state["spec"].items() if k in known})
     n_choices = len(bit_values)
     shape = (n_layers, 2, n_choices)  # the profile itself is in the predictor's state
-    members = [
-        gan.Predictor(torch.zeros(shape), spec.predictor_hidden)
-        for _ in range(spec.predictor_members)
-    ]
     model = gan.TrainedGan(
         gan.Generator(n_layers, n_choices, spec.noise_dim, spec.hidden),
         gan.Discriminator(n_layers, n_choices, spec.hidden),
-        gan.PredictorEnsemble(members),
+        gan.Predictor(torch.zeros(shape), spec.predictor_hidden, spec.predictor_members),
         gan.Scaler(*state["scaler"]),
     )
     model.generator.load_state_dict(state["generator"])

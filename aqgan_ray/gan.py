@@ -17,12 +17,13 @@ bitwidths) but not the design; each choice below is ours and says why.
   loss, the stable default for small conditional GANs. It also sees real configs paired with a
   wrong accuracy as fake (matching-aware), so it judges whether a config fits its condition,
   not only whether it looks real.
-- **Accuracy predictor.** A small ensemble of MLPs fitted to the store's (config, accuracy)
-  pairs before the GAN. The generator is penalised by the squared gap between the predicted
-  accuracy of what it makes and the target it was given: with a few hundred samples the
-  discriminator alone cannot enforce the condition precisely, while a predictor can. The same
-  ensemble ranks proposals at generation time (mean, plus its spread as an uncertainty
-  penalty), and its error on held-out configs is the fidelity figure Tune optimises.
+- **Accuracy predictor.** A small ensemble fitted to the store's (config, accuracy) pairs
+  before the GAN, built on the model's measured sensitivity profile (``Predictor``). The
+  generator is penalised by the squared gap between the predicted accuracy of what it makes and
+  the target it was given: with a few hundred samples the discriminator alone cannot enforce
+  the condition precisely, while a predictor can. The same ensemble ranks proposals at
+  generation time (mean, plus its spread as an uncertainty penalty), and its error on held-out
+  configs is part of the fidelity figure Tune optimises.
 - **Diversity.** A mode-seeking term (Mao et al., 2019) rewards different outputs for
   different noise at the same target, so one target does not collapse onto one config.
 """
@@ -107,7 +108,8 @@ class Discriminator(nn.Module):
 
 
 class Predictor(nn.Module):
-    """Scaled accuracy of a one-hot config; an ensemble of these is ``PredictorEnsemble``.
+    """Scaled accuracy of a one-hot config, by an ensemble of ``members`` networks held as one
+    module (their weights stacked, so the ensemble trains and predicts in one batched pass).
 
     Calibrated output noise. ``profile`` [L, 2, K] is the measured damage of each single
     quantizer (``sensitivity.py``: KL divergence of the output when only that layer and kind is
@@ -126,33 +128,49 @@ class Predictor(nn.Module):
     channels 2.4 (0.9). On the 60 collected configs alone: 3.2.
     """
 
-    def __init__(self, profile: Tensor, hidden: int, channels: int = 2):
+    def __init__(self, profile: Tensor, hidden: int, members: int, channels: int = 2):
         super().__init__()
         self.register_buffer("profile", torch.as_tensor(profile, dtype=torch.float32).clone())
-        self.log_scale = nn.Parameter(torch.zeros(channels, *self.profile.shape))
-        self.link = nn.Sequential(
-            nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, 1),
-        )  # fmt: skip
+        self.log_scale = nn.Parameter(torch.zeros(members, channels, *self.profile.shape))
+        sizes = [(channels, hidden), (hidden, hidden), (hidden, 1)]
+        self.weights = nn.ParameterList(
+            [nn.Parameter(_uniform((members, i, o), i)) for i, o in sizes]
+        )
+        self.biases = nn.ParameterList(
+            [nn.Parameter(_uniform((members, 1, o), i)) for i, o in sizes]
+        )
 
-    def damage(self, x: Tensor) -> Tensor:
-        """[n, channels] log of the calibrated summed output noise."""
-        weights = self.profile * torch.exp(self.log_scale)
-        return torch.log(torch.einsum("nlkb,clkb->nc", x, weights) + 1e-8)
+    @property
+    def members(self) -> int:
+        return self.log_scale.shape[0]
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.link(self.damage(x)).squeeze(1)
+    def link_parameters(self) -> list[nn.Parameter]:
+        return [*self.weights, *self.biases]
 
-
-class PredictorEnsemble(nn.Module):
-    def __init__(self, members: list[Predictor]):
-        super().__init__()
-        self.members = nn.ModuleList(members)
+    def each(self, x: Tensor) -> Tensor:
+        """[members, n] predictions; ``x`` is [n, L, 2, K] (every member sees it) or
+        [members, n, L, 2, K] (one batch per member)."""
+        weights = (self.profile * torch.exp(self.log_scale)).flatten(2).transpose(1, 2)
+        flat = x.flatten(-3)  # [n, L*2*K] or [M, n, L*2*K], times weights [M, L*2*K, C]
+        h = torch.log(torch.matmul(flat, weights) + 1e-8)  # log damage [M, n, C]
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if i < last:
+                h = nn.functional.silu(h)
+        return h.squeeze(-1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, std) of the members' predictions."""
-        preds = torch.stack([m(x) for m in self.members])
-        return preds.mean(0), preds.std(0) if len(self.members) > 1 else torch.zeros_like(preds[0])
+        preds = self.each(x)
+        std = preds.std(0) if self.members > 1 else torch.zeros_like(preds[0])
+        return preds.mean(0), std
+
+
+def _uniform(shape: tuple[int, ...], fan_in: int) -> Tensor:
+    """nn.Linear's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return torch.empty(shape).uniform_(-bound, bound)
 
 
 def one_hot(idx: Tensor, n_choices: int) -> Tensor:
@@ -174,38 +192,37 @@ class Scaler:
         return c * max(self.hi - self.lo, 1e-6) + self.lo
 
 
-def fit_predictor(x: Tensor, y: Tensor, spec: GanSpec, profile: Tensor, seed: int):
-    """Each member on a bootstrap resample of the training configs (full batch, AdamW on the
-    link; the calibration factors are pulled towards 1 by ``predictor_penalty``)."""
-    members = []
+def fit_predictor(x: Tensor, y: Tensor, spec: GanSpec, profile: Tensor, seed: int) -> Predictor:
+    """Each member on its own bootstrap resample of the training configs, all members in one
+    batched full-batch AdamW step (weight decay on the link; the calibration factors are
+    pulled towards 1 by ``predictor_penalty``)."""
+    torch.manual_seed(seed * 1000)
     gen = torch.Generator().manual_seed(seed)
-    for m in range(spec.predictor_members):
-        torch.manual_seed(seed * 1000 + m)
-        net = Predictor(profile, spec.predictor_hidden)
-        idx = torch.randint(0, len(x), (len(x),), generator=gen)
-        xb, yb = x[idx], y[idx]
-        opt = torch.optim.AdamW(
-            [
-                {"params": [net.log_scale], "weight_decay": 0.0},
-                {"params": net.link.parameters(), "weight_decay": spec.predictor_weight_decay},
-            ],
-            lr=spec.predictor_lr,
-        )
-        for _ in range(spec.predictor_epochs):
-            loss = nn.functional.mse_loss(net(xb), yb)
-            loss = loss + spec.predictor_penalty * net.log_scale.pow(2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        members.append(net.eval())
-    return PredictorEnsemble(members).eval()
+    net = Predictor(profile, spec.predictor_hidden, spec.predictor_members)
+    idx = torch.randint(0, len(x), (net.members, len(x)), generator=gen)
+    xb, yb = x[idx], y[idx]  # [M, n, L, 2, K], [M, n]
+    opt = torch.optim.AdamW(
+        [
+            {"params": [net.log_scale], "weight_decay": 0.0},
+            {"params": net.link_parameters(), "weight_decay": spec.predictor_weight_decay},
+        ],
+        lr=spec.predictor_lr,
+    )
+    for _ in range(spec.predictor_epochs):
+        # Summed over members: each member's parameters get only its own gradient.
+        loss = (net.each(xb) - yb).pow(2).mean(1).sum()
+        loss = loss + spec.predictor_penalty * net.log_scale.pow(2).mean((1, 2, 3, 4)).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return net.eval()
 
 
 @dataclass
 class TrainedGan:
     generator: Generator
     discriminator: Discriminator
-    predictor: PredictorEnsemble
+    predictor: Predictor
     scaler: Scaler
 
 
