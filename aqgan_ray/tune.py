@@ -35,7 +35,7 @@ def search_space() -> dict[str, Any]:
     return {
         "lr_g": tune.loguniform(2e-4, 3e-3),
         "lr_d": tune.loguniform(2e-4, 3e-3),
-        "cond_weight": tune.loguniform(1.0, 50.0),
+        "cond_weight": tune.loguniform(5.0, 200.0),
         "diversity_weight": tune.uniform(0.0, 0.5),
         "gumbel_tau": tune.uniform(0.3, 1.2),
         "hidden": tune.choice([128, 256, 512]),
