@@ -44,17 +44,21 @@ class TrainingData:
     profile: torch.Tensor  # [L, 2, K] the model's sensitivity profile (sensitivity.py)
 
 
+def require_store(n: int) -> None:
+    if n < MIN_STORE:
+        raise UserError(
+            f"the evaluation store holds {n} configs; AQGAN needs at least {MIN_STORE}: "
+            f"run `aqgan-ray collect --samples N` with N >= {MIN_STORE} (a few hundred is better)"
+        )
+
+
 def training_data(
     rows: Sequence[dict],
     layer_names: Sequence[str],
     bit_choices: Sequence[int],
     profile: np.ndarray | torch.Tensor,
 ) -> TrainingData:
-    if len(rows) < MIN_STORE:
-        raise UserError(
-            f"the evaluation store holds {len(rows)} configs; AQGAN needs at least {MIN_STORE}: "
-            f"run `aqgan-ray collect --samples N` with N >= {MIN_STORE} (a few hundred is better)"
-        )
+    require_store(len(rows))
     lut = {int(b): i for i, b in enumerate(bit_choices)}
     idx = torch.tensor(
         [[[lut[w], lut[a]] for w, a in zip(r["w_bits"], r["a_bits"], strict=True)] for r in rows]

@@ -791,6 +791,7 @@ def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
     store = stack.service.store
     choices = exp.quant.bit_choices
     names = stack.prepared.layer_names
+    aqgan.require_store(len(store))  # before the profile is measured
     start = time.perf_counter()
     profile = _profile(stack, spec_in.profile_images)
     data = aqgan.training_data(store.rows(), names, choices, profile)
