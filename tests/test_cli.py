@@ -25,8 +25,9 @@ def _user_error(proc, fragment: str) -> None:
 @pytest.fixture
 def inproc(cache_dir, tmp_path, capsys, monkeypatch):
     """``main()`` in this process: the console script's code path (it only adds ``sys.exit``)
-    without a Python start-up per call, for commands that start no Ray. Returns the exit
-    status, stdout and stderr."""
+    without a Python start-up per call, for commands that start no Ray of their own (joining
+    the session's loopback cluster with ``--address`` is fine: ``main`` leaves a caller's Ray
+    connected). Returns the exit status, stdout and stderr."""
     from aqgan_ray.cli import main
 
     monkeypatch.setenv("AQGAN_RAY_CACHE", str(cache_dir))
@@ -263,13 +264,14 @@ def checkpointed(collected, smoke, profile, tmp_path_factory):
     return results
 
 
-def test_train_then_generate_and_verify(cli, collected, ray_cluster):
+def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
     """`train` on 40 real evaluations, then proposals for a target and under a budget, and
-    their verification through the evaluator actors."""
+    their verification through the evaluator actors (in this process, connected to the
+    loopback cluster, to save five Python start-ups)."""
     base = ("--experiment", "smoke", "--results", str(collected))
     base += ("--address", ray_cluster["address"])
-    trained = _ok(
-        cli("train", *base, "--steps", "150", "--fidelity-targets", "2", "--top", "2",
+    trained = _inproc_ok(
+        inproc("train", *base, "--steps", "150", "--fidelity-targets", "2", "--top", "2",
             "--refine-rounds", "1", "--refine-targets", "2", "--json")
     )  # fmt: skip
     refined = pd.read_parquet(collected / "smoke" / "refine.parquet")
@@ -286,7 +288,9 @@ def test_train_then_generate_and_verify(cli, collected, ray_cluster):
 
     rows = pd.read_parquet(collected / "smoke" / "evaluations")
     target = float(rows["val_acc"].quantile(0.8))
-    out = _ok(cli("generate", *base[:4], "--target-acc", f"{target:.3f}", "--top", "3", "--json"))
+    out = _inproc_ok(
+        inproc("generate", *base[:4], "--target-acc", f"{target:.3f}", "--top", "3", "--json")
+    )
     assert len(out["proposals"]) == 3 and out["generate_s"] < 1.0
     first = out["proposals"][0]
     assert {"w_bits", "a_bits", "config_hash", "cost", "within_budget", "predicted_acc"} <= set(
@@ -294,15 +298,17 @@ def test_train_then_generate_and_verify(cli, collected, ray_cluster):
     )
     assert len(first["w_bits"]) == 53 and "bitfusion" in first["cost"]
 
-    budgeted = _ok(
-        cli("generate", *base[:4], "--hw", "bismo-edge", "--budget", "latency_ms=0.5x", "--json")
+    budgeted = _inproc_ok(
+        inproc("generate", *base[:4], "--hw", "bismo-edge", "--budget", "latency_ms=0.5x", "--json")
     )
     limit = budgeted["budget"]["value"]
     assert budgeted["proposals"] and all(p["within_budget"] for p in budgeted["proposals"])
     assert all(p["cost"]["bismo-edge"]["latency_ms"] <= limit for p in budgeted["proposals"])
 
-    verified = _ok(
-        cli("generate", *base, "--target-acc", f"{target:.3f}", "--top", "2", "--verify", "--json")
+    verified = _inproc_ok(
+        inproc(
+            "generate", *base, "--target-acc", f"{target:.3f}", "--top", "2", "--verify", "--json"
+        )
     )
     assert verified["verify_evaluations"] == 2
     assert all(0 <= p["val_acc"] <= 1 for p in verified["proposals"])
@@ -324,11 +330,10 @@ def test_generate_bad_input(main_error, checkpointed, extra, fragment):
     )
 
 
-def test_train_refuses_a_store_too_small(cli, tmp_path, ray_cluster):
-    args = ("train", "--experiment", "smoke", "--results", str(tmp_path))
-    args += ("--address", ray_cluster["address"])
-    _user_error(cli(*args), "needs at least 30")
-    _user_error(cli("generate", *args[1:5], "--target-acc", "0.8"), "run `aqgan-ray train` first")
+def test_train_refuses_a_store_too_small(main_error, tmp_path, ray_cluster):
+    args = ["train", "--experiment", "smoke", "--address", ray_cluster["address"]]
+    main_error(args, "needs at least 30")
+    main_error(["generate", *args[1:3], "--target-acc", "0.8"], "run `aqgan-ray train` first")
 
 
 def test_tune_search_runs_and_resumes(cli, collected, ray_cluster, tmp_path):
@@ -340,7 +345,7 @@ def test_tune_search_runs_and_resumes(cli, collected, ray_cluster, tmp_path):
     shutil.copytree(collected / "smoke" / "evaluations", results / "smoke" / "evaluations")
     args = (
         "train", "--experiment", "smoke", "--results", str(results), "--address",
-        ray_cluster["address"], "--tune-samples", "2", "--steps", "100", "--fidelity-targets", "0",
+        ray_cluster["address"], "--tune-samples", "2", "--steps", "40", "--fidelity-targets", "0",
         "--json",
     )  # fmt: skip
     first = _ok(cli(*args))
@@ -364,13 +369,13 @@ def test_bench_generate(cli, checkpointed):
     )
 
 
-def test_baseline_searches_resumes_and_extends(cli, tmp_path, ray_cluster):
+def test_baseline_searches_resumes_and_extends(inproc, tmp_path, ray_cluster):
     args = (
         "baseline", "random", "--experiment", "smoke", "--hw", "bismo-edge", "--budget",
         "latency_ms=0.5x", "--address", ray_cluster["address"], "--results", str(tmp_path),
         "--json",
     )  # fmt: skip
-    first = _ok(cli(*args, "--evaluations", "4"))
+    first = _inproc_ok(inproc(*args, "--evaluations", "4"))
     assert first["evaluations"] == 4 and first["evaluated_now"] + first["cached"] >= 4
     best = first["best"]
     assert best["within_budget"] and best["cost_value"] <= first["budget"]["value"]
@@ -378,7 +383,7 @@ def test_baseline_searches_resumes_and_extends(cli, tmp_path, ray_cluster):
     assert 0 < first["best"]["test_acc"] <= 1 and first["preset_evaluations"] == 20
     trace = pd.read_parquet(first["trace"])
     assert list(trace["index"]) == [0, 1, 2, 3] and trace["within_budget"].all()
-    more = _ok(cli(*args, "--evaluations", "6"))  # the same search, continued
+    more = _inproc_ok(inproc(*args, "--evaluations", "6"))  # the same search, continued
     assert more["resumed_from"] == 4 and more["evaluations"] == 6 and more["evaluated_now"] <= 2
     assert more["best"]["val_acc"] >= first["best"]["val_acc"]
     assert len(pd.read_parquet(more["trace"])) == 6
