@@ -17,7 +17,7 @@ from aqgan_ray import gan
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.errors import UserError
 
-FORMAT_VERSION = 2  # 2: the predictor holds the sensitivity profile
+FORMAT_VERSION = 1
 # Below this many stored configs there is nothing to learn a condition from.
 MIN_STORE = 30
 # Targets on which the condition error and diversity are measured (scaled accuracy).
@@ -41,24 +41,16 @@ class TrainingData:
     idx: torch.Tensor  # [n, L, 2] choice indices
     acc: torch.Tensor  # [n] validation accuracy
     hashes: tuple[str, ...]
-    profile: torch.Tensor  # [L, 2, K] the model's sensitivity profile (sensitivity.py)
-
-
-def require_store(n: int) -> None:
-    if n < MIN_STORE:
-        raise UserError(
-            f"the evaluation store holds {n} configs; AQGAN needs at least {MIN_STORE}: "
-            f"run `aqgan-ray collect --samples N` with N >= {MIN_STORE} (a few hundred is better)"
-        )
 
 
 def training_data(
-    rows: Sequence[dict],
-    layer_names: Sequence[str],
-    bit_choices: Sequence[int],
-    profile: np.ndarray | torch.Tensor,
+    rows: Sequence[dict], layer_names: Sequence[str], bit_choices: Sequence[int]
 ) -> TrainingData:
-    require_store(len(rows))
+    if len(rows) < MIN_STORE:
+        raise UserError(
+            f"the evaluation store holds {len(rows)} configs; AQGAN needs at least {MIN_STORE}: "
+            f"run `aqgan-ray collect --samples N` with N >= {MIN_STORE} (a few hundred is better)"
+        )
     lut = {int(b): i for i, b in enumerate(bit_choices)}
     idx = torch.tensor(
         [[[lut[w], lut[a]] for w, a in zip(r["w_bits"], r["a_bits"], strict=True)] for r in rows]
@@ -66,10 +58,7 @@ def training_data(
     if idx.shape[1] != len(layer_names):
         raise UserError("the store's configs do not match this model's layer table")
     acc = torch.tensor([r["val_acc"] for r in rows], dtype=torch.float32)
-    profile = torch.as_tensor(profile, dtype=torch.float32)
-    if tuple(profile.shape) != (len(layer_names), 2, len(bit_choices)):
-        raise ValueError(f"a sensitivity profile of shape {tuple(profile.shape)} for this model")
-    return TrainingData(idx, acc, tuple(r["config_hash"] for r in rows), profile)
+    return TrainingData(idx, acc, tuple(r["config_hash"] for r in rows))
 
 
 def holdout_split(n: int, share: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,28 +99,31 @@ def fidelity_metrics(
 
 def fit(
     data: TrainingData,
+    bit_values: Sequence[int],
     spec: gan.GanSpec,
     on_report: Callable[[int, gan.TrainedGan, dict[str, float]], None] | None = None,
 ) -> tuple[gan.TrainedGan, dict[str, float], torch.Tensor]:
     """Train on the non-held-out rows; returns (model, final metrics, held-out rows)."""
     train, holdout = holdout_split(len(data.acc), spec.holdout, spec.seed)
-    n_choices = data.profile.shape[-1]
+    n_choices = len(bit_values)
 
     def report(step: int, model: gan.TrainedGan) -> None:
         if on_report is not None:
             on_report(step, model, fidelity_metrics(model, data, holdout, n_choices))
 
-    model = gan.train_gan(data.idx[train], data.acc[train], data.profile, spec, on_step=report)
+    model = gan.train_gan(data.idx[train], data.acc[train], bit_values, spec, on_step=report)
     return model, fidelity_metrics(model, data, holdout, n_choices), holdout
 
 
-def refit_predictor(model: gan.TrainedGan, data: TrainingData, spec: gan.GanSpec) -> gan.TrainedGan:
+def refit_predictor(
+    model: gan.TrainedGan, data: TrainingData, bit_values: Sequence[int], spec: gan.GanSpec
+) -> gan.TrainedGan:
     """The deployed ranker: the predictor fitted again on every stored config, held-out ones
     included, once the held-out split has served to measure and select. The generator keeps
     the predictor it was trained against; only the ranking of proposals uses the refit one."""
     c = torch.as_tensor(model.scaler.scale(data.acc), dtype=torch.float32)
-    x = gan.one_hot(data.idx, data.profile.shape[-1])
-    predictor = gan.fit_predictor(x, c, spec, data.profile, spec.seed)
+    x = gan.one_hot(data.idx, len(bit_values))
+    predictor = gan.fit_predictor(x, c, spec, bit_values, spec.seed)
     for p in predictor.parameters():
         p.requires_grad_(False)
     return gan.TrainedGan(model.generator, model.discriminator, predictor, model.scaler)
@@ -154,11 +146,14 @@ def model_from_state(
     known = {f.name for f in fields(gan.GanSpec)}
     spec = gan.GanSpec(**{k: v for k, v in state["spec"].items() if k in known})
     n_choices = len(bit_values)
-    shape = (n_layers, 2, n_choices)  # the profile itself is in the predictor's state
+    members = [
+        gan.Predictor(bit_values, n_layers, spec.predictor_hidden)
+        for _ in range(spec.predictor_members)
+    ]
     model = gan.TrainedGan(
         gan.Generator(n_layers, n_choices, spec.noise_dim, spec.hidden),
         gan.Discriminator(n_layers, n_choices, spec.hidden),
-        gan.Predictor(torch.zeros(shape), spec.predictor_hidden, spec.predictor_members),
+        gan.PredictorEnsemble(members),
         gan.Scaler(*state["scaler"]),
     )
     model.generator.load_state_dict(state["generator"])

@@ -653,7 +653,6 @@ class _Stack:
     cluster: dict[str, Any]
     quarantined: list[str]
     workers: int  # evaluators the pool will start
-    cache: Path  # trained models, calibration, sensitivity profiles
 
 
 @contextlib.contextmanager
@@ -662,7 +661,6 @@ def _evaluation_stack(args: argparse.Namespace, exp) -> Iterator[_Stack]:
     never waits for training, and the actors start only if a config misses the store."""
     from aqgan_ray.evaluate import evaluation_key
     from aqgan_ray.pool import EvaluatorPool, PoolSpec, connect, plan_workers
-    from aqgan_ray.prepare import default_cache_dir
     from aqgan_ray.service import EvaluationService
     from aqgan_ray.store import EvaluationStore
 
@@ -671,7 +669,6 @@ def _evaluation_stack(args: argparse.Namespace, exp) -> Iterator[_Stack]:
     cluster = connect(args.address)
     workers = plan_workers(spec)
     prepared, splits = _prepare(args, exp)
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     store = EvaluationStore(root, evaluation_key(prepared, splits.val_x, splits.val_y))
     quarantined = [str(p) for p in store.quarantine_unreadable()]
     train = (splits.train_x, splits.train_y) if exp.eval.finetune_steps else None
@@ -684,7 +681,7 @@ def _evaluation_stack(args: argparse.Namespace, exp) -> Iterator[_Stack]:
     service = EvaluationService(store, make_pool)
     try:
         with store:
-            yield _Stack(exp, prepared, splits, service, cluster, quarantined, workers, cache)
+            yield _Stack(exp, prepared, splits, service, cluster, quarantined, workers)
     finally:
         service.close()
 
@@ -791,16 +788,14 @@ def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
     store = stack.service.store
     choices = exp.quant.bit_choices
     names = stack.prepared.layer_names
-    aqgan.require_store(len(store))  # before the profile is measured
+    data = aqgan.training_data(store.rows(), names, choices)
     start = time.perf_counter()
-    profile = _profile(stack, spec_in.profile_images)
-    data = aqgan.training_data(store.rows(), names, choices, profile)
     tuned: dict[str, Any] = {}
     if spec_in.tune_samples:
         from aqgan_ray import tune
 
         tuned, metrics, state = tune.search(
-            data, spec, spec_in.tune_samples, run_dir / "tune", exp.seed
+            data, list(choices), spec, spec_in.tune_samples, run_dir / "tune", exp.seed
         )
         model, spec = aqgan.model_from_state(state, data.idx.shape[1], choices)
     else:
@@ -812,13 +807,13 @@ def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
                 bar.update(step - bar.n)
                 bar.set_postfix(objective=f"{metrics['objective']:.4f}")
 
-            model, metrics, _ = aqgan.fit(data, spec, on_report=progress)
-    model = aqgan.refit_predictor(model, data, spec)
+            model, metrics, _ = aqgan.fit(data, choices, spec, on_report=progress)
+    model = aqgan.refit_predictor(model, data, choices, spec)
     waited = 0.0
     refine_log: list[dict[str, Any]] = []
     if spec_in.refine_rounds:
         current = aqgan.Loaded(model, spec, tuple(names), tuple(choices), store.eval_key, {})
-        model, refine_log, waited = _refine_stage(stack, current, spec_in, run_dir, profile)
+        model, refine_log, waited = _refine_stage(stack, current, spec_in, run_dir)
     train_s = time.perf_counter() - start - waited  # evaluations are counted on their own
     trained_on = len(store)
     path = aqgan.save_checkpoint(
@@ -881,20 +876,7 @@ def _refine_log(run_dir: Path, eval_key: str) -> list[dict[str, Any]]:
     return [row for row in rows if row.get("eval_key") == eval_key]
 
 
-def _profile(stack: _Stack, n_images: int):
-    """The base model's sensitivity profile (measured once, then read from the cache)."""
-    from aqgan_ray.sensitivity import cached_profile
-
-    return cached_profile(
-        stack.prepared,
-        stack.splits.train_x,
-        n_images,
-        stack.exp.quant.bit_choices,
-        stack.cache,
-    )
-
-
-def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path, profile):
+def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path):
     """Active refinement through the evaluation service, one ``refine.parquet`` write per
     round; returns (model, log, seconds spent waiting on evaluations)."""
     import time
@@ -927,7 +909,7 @@ def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path, profile):
         bar.set_postfix(mean_miss=f"{sum(miss) / len(miss):.4f}", store=len(store))
 
     def data_of():
-        return aqgan.training_data(store.rows(), loaded.layer_names, loaded.bit_choices, profile)
+        return aqgan.training_data(store.rows(), loaded.layer_names, loaded.bit_choices)
 
     with bar:
         model = refine(

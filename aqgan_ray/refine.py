@@ -53,13 +53,14 @@ def refinement_targets(lo: float, hi: float, n: int) -> np.ndarray:
 
 
 def continue_training(
-    model: gan.TrainedGan, data: aqgan.TrainingData, spec: gan.GanSpec, round_: int
-) -> gan.TrainedGan:
+    model: gan.TrainedGan, data: aqgan.TrainingData, bit_values: Sequence[int], spec: gan.GanSpec,
+    round_: int,
+) -> gan.TrainedGan:  # fmt: skip
     """The generator and discriminator trained further on the whole store, with a predictor
     fitted on all of it; seeded per round."""
     steps = max(1, spec.steps // 3)
     more = replace(spec, steps=steps, seed=spec.seed + 1 + round_)
-    return gan.train_gan(data.idx, data.acc, data.profile, more, init=model)
+    return gan.train_gan(data.idx, data.acc, bit_values, more, init=model)
 
 
 def refine(
@@ -111,7 +112,7 @@ def refine(
                     "cached": cached,
                 }
             )
-        model = continue_training(model, data_of(), loaded.spec, r)
+        model = continue_training(model, data_of(), loaded.bit_choices, loaded.spec, r)
         on_round(r, log, model)
     return model
 

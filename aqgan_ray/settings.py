@@ -87,9 +87,6 @@ class AqganSpec:
     # target over this many targets, each followed by more training. 0: none.
     refine_rounds: int = 0
     refine_targets: int = 12
-    # Training images the sensitivity profile is measured on (``sensitivity.py``): one forward
-    # pass over them per layer, kind and bitwidth, once per base model.
-    profile_images: int = 64
 
 
 @dataclass(frozen=True)
@@ -210,8 +207,10 @@ def _validated(exp: Experiment) -> Experiment:
         raise UserError("baselines.evaluations must be at least 1")
     if min(exp.aqgan.steps, exp.aqgan.fidelity_top, exp.aqgan.verify_top, exp.aqgan.proposals) < 1:
         raise UserError("aqgan.steps, fidelity_top, verify_top and proposals must be at least 1")
-    if exp.aqgan.refine_targets < 1 or exp.aqgan.profile_images < 1:
-        raise UserError("aqgan.refine_targets and aqgan.profile_images must be at least 1")
+    if exp.aqgan.refine_targets < 1:
+        raise UserError("aqgan.refine_targets must be at least 1")
+    if exp.aqgan.refine_targets < 1:
+        raise UserError("aqgan.refine_targets must be at least 1")
     design = exp.design
     for key, values, kind in (
         ("hw", design.hw, str),

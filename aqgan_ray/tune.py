@@ -35,18 +35,17 @@ def search_space() -> dict[str, Any]:
     return {
         "lr_g": tune.loguniform(2e-4, 3e-3),
         "lr_d": tune.loguniform(2e-4, 3e-3),
-        "cond_weight": tune.loguniform(5.0, 200.0),
+        "cond_weight": tune.loguniform(1.0, 50.0),
         "diversity_weight": tune.uniform(0.0, 0.5),
         "gumbel_tau": tune.uniform(0.3, 1.2),
         "hidden": tune.choice([128, 256, 512]),
         "noise_dim": tune.choice([16, 32, 64]),
         "predictor_hidden": tune.choice([16, 32, 64]),
         "predictor_weight_decay": tune.loguniform(1e-4, 1e-1),
-        "predictor_penalty": tune.loguniform(1e-3, 1e-1),
     }
 
 
-def _trainable(config: dict[str, Any], data: aqgan.TrainingData, base: dict):
+def _trainable(config: dict[str, Any], data: aqgan.TrainingData, bit_values: list, base: dict):
     torch.set_num_threads(1)
     spec = replace(gan.GanSpec(**base), **config)
 
@@ -56,11 +55,12 @@ def _trainable(config: dict[str, Any], data: aqgan.TrainingData, base: dict):
             torch.save(aqgan.model_state(model, spec), path)
             tune.report({**metrics, "step": step}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    aqgan.fit(data, spec, on_report=on_report)
+    aqgan.fit(data, bit_values, spec, on_report=on_report)
 
 
 def search(
     data: aqgan.TrainingData,
+    bit_values: list[int],
     base: gan.GanSpec,
     samples: int,
     storage: Path,
@@ -70,7 +70,9 @@ def search(
     storage = Path(storage).resolve()
     path = storage / EXPERIMENT
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, data=data, base=base.to_dict()),
+        tune.with_parameters(
+            _trainable, data=data, bit_values=list(bit_values), base=base.to_dict()
+        ),
         {"cpu": 1},
     )
     restored = tune.Tuner.can_restore(str(path))

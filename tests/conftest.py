@@ -140,19 +140,6 @@ def collected(ray_cluster, smoke, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="session")
-def profile(smoke, cache_dir: Path):
-    """The smoke model's sensitivity profile, measured as the preset says, in the session's
-    cache: CLI subprocesses sharing that cache read it instead of measuring it again."""
-    from aqgan_ray.sensitivity import cached_profile
-
-    exp, prepared, splits = smoke
-    return cached_profile(
-        prepared, splits.train_x, exp.aqgan.profile_images, exp.quant.bit_choices, cache_dir,
-        progress=False,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="session")
 def smoke_layers():
     """The smoke model's layer table, from the architecture alone (nothing trained)."""
     from aqgan_ray.data import DATASET_SHAPES

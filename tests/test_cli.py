@@ -248,7 +248,7 @@ def test_bench_scaling_reports_side_by_side(cli, tmp_path, ray_cluster):
 
 
 @pytest.fixture(scope="module")
-def checkpointed(collected, smoke, profile, tmp_path_factory):
+def checkpointed(collected, smoke, tmp_path_factory):
     """A results directory holding only a quickly trained smoke AQGAN checkpoint."""
     from aqgan_ray import aqgan, gan
     from aqgan_ray.store import EvaluationStore
@@ -257,7 +257,7 @@ def checkpointed(collected, smoke, profile, tmp_path_factory):
     names, choices = prepared.layer_names, exp.quant.bit_choices
     rows = EvaluationStore(collected / "smoke" / "evaluations", None).rows()
     spec = gan.GanSpec(steps=20, predictor_members=1, predictor_epochs=20)
-    model, metrics, _ = aqgan.fit(aqgan.training_data(rows, names, choices, profile), spec)
+    model, metrics, _ = aqgan.fit(aqgan.training_data(rows, names, choices), choices, spec)
     results = tmp_path_factory.mktemp("checkpointed")
     path = results / "smoke" / "aqgan.pt"
     aqgan.save_checkpoint(path, model, spec, names, choices, "k", metrics, aqgan.model_id(exp))

@@ -17,19 +17,20 @@ QUICK = gan.GanSpec(steps=150, predictor_members=2, predictor_epochs=300)
 
 
 @pytest.fixture(scope="module")
-def data(collected, smoke, profile):
+def data(collected, smoke):
     exp, prepared, _ = smoke
     rows = EvaluationStore(collected / exp.name / "evaluations", None).rows()
-    return aqgan.training_data(rows, prepared.layer_names, exp.quant.bit_choices, profile)
+    return aqgan.training_data(rows, prepared.layer_names, exp.quant.bit_choices)
 
 
 @pytest.fixture(scope="module")
-def trained(data):
-    return aqgan.fit(data, QUICK)
+def trained(data, smoke):
+    exp = smoke[0]
+    return aqgan.fit(data, exp.quant.bit_choices, QUICK)
 
 
 def test_training_is_seeded_and_reproducible(data, smoke, trained):
-    again, metrics, _ = aqgan.fit(data, QUICK)
+    again, metrics, _ = aqgan.fit(data, smoke[0].quant.bit_choices, QUICK)
     first = trained[0]
     for a, b in zip(first.generator.parameters(), again.generator.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -81,8 +82,8 @@ def test_checkpoint_round_trip_is_weights_only_and_checked(tmp_path, trained, sm
         aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp))
 
 
-def test_too_small_a_store_is_refused(collected, smoke, profile):
+def test_too_small_a_store_is_refused(collected, smoke):
     exp, prepared, _ = smoke
     rows = EvaluationStore(collected / exp.name / "evaluations", None).rows()
     with pytest.raises(UserError, match="needs at least 30"):
-        aqgan.training_data(rows[:10], prepared.layer_names, exp.quant.bit_choices, profile)
+        aqgan.training_data(rows[:10], prepared.layer_names, exp.quant.bit_choices)

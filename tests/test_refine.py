@@ -22,16 +22,16 @@ def test_refinement_targets_sit_between_the_fidelity_targets():
 
 
 @pytest.fixture(scope="module")
-def start(collected, smoke, profile):
+def start(collected, smoke):
     exp, prepared, splits = smoke
     names, choices = prepared.layer_names, exp.quant.bit_choices
     rows = EvaluationStore(collected / exp.name / "evaluations", None).rows()
     spec = gan.GanSpec(steps=60, predictor_members=2, predictor_epochs=200)
-    model, _, _ = aqgan.fit(aqgan.training_data(rows, names, choices, profile), spec)
+    model, _, _ = aqgan.fit(aqgan.training_data(rows, names, choices), choices, spec)
     return aqgan.Loaded(model, spec, names, tuple(choices), "k", {}), rows
 
 
-def test_refine_evaluates_learns_and_resumes(start, smoke, profile):
+def test_refine_evaluates_learns_and_resumes(start, smoke):
     exp, prepared, splits = smoke
     loaded, rows = start
     rows = list(rows)
@@ -49,7 +49,7 @@ def test_refine_evaluates_learns_and_resumes(start, smoke, profile):
         return out
 
     def data_of():
-        return aqgan.training_data(rows, loaded.layer_names, loaded.bit_choices, profile)
+        return aqgan.training_data(rows, loaded.layer_names, loaded.bit_choices)
 
     def on_round(r, log, model):
         persisted.append((r, len(log)))

@@ -14,13 +14,13 @@ from aqgan_ray.store import EvaluationStore
 
 
 @pytest.fixture(scope="module")
-def loaded(collected, smoke, profile, tmp_path_factory):
+def loaded(collected, smoke, tmp_path_factory):
     exp, prepared, _ = smoke
     names, choices = prepared.layer_names, exp.quant.bit_choices
     rows = EvaluationStore(collected / exp.name / "evaluations", None).rows()
-    data = aqgan.training_data(rows, names, choices, profile)
+    data = aqgan.training_data(rows, names, choices)
     spec = gan.GanSpec(steps=150, predictor_members=2, predictor_epochs=300)
-    model, metrics, _ = aqgan.fit(data, spec)
+    model, metrics, _ = aqgan.fit(data, choices, spec)
     path = tmp_path_factory.mktemp("ckpt") / "aqgan.pt"
     aqgan.save_checkpoint(path, model, spec, names, choices, "k", metrics, aqgan.model_id(exp))
     return aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp))
