@@ -209,8 +209,6 @@ def _validated(exp: Experiment) -> Experiment:
         raise UserError("aqgan.steps, fidelity_top, verify_top and proposals must be at least 1")
     if exp.aqgan.refine_targets < 1:
         raise UserError("aqgan.refine_targets must be at least 1")
-    if exp.aqgan.refine_targets < 1:
-        raise UserError("aqgan.refine_targets must be at least 1")
     design = exp.design
     for key, values, kind in (
         ("hw", design.hw, str),
