@@ -884,7 +884,7 @@ def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path):
     from tqdm import tqdm
 
     from aqgan_ray import aqgan
-    from aqgan_ray.refine import refine
+    from aqgan_ray.refine import refine, summary
     from aqgan_ray.store import write_table
 
     store = stack.service.store
@@ -904,9 +904,8 @@ def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path):
     def on_round(r: int, rows, model) -> None:
         write_table([{**row, "eval_key": store.eval_key} for row in rows],
                     run_dir / "refine.parquet")  # fmt: skip
-        miss = [abs(x["achieved_val_acc"] - x["target_acc"]) for x in rows if x["round"] == r]
         bar.update(1)
-        bar.set_postfix(mean_miss=f"{sum(miss) / len(miss):.4f}", store=len(store))
+        bar.set_postfix(mean_miss=f"{summary(rows)[-1]['mean_err']:.4f}", store=len(store))
 
     def data_of():
         return aqgan.training_data(store.rows(), loaded.layer_names, loaded.bit_choices)
