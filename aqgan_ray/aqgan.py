@@ -51,6 +51,9 @@ def training_data(
             f"the evaluation store holds {len(rows)} configs; AQGAN needs at least {MIN_STORE}: "
             f"run `aqgan-ray collect --samples N` with N >= {MIN_STORE} (a few hundred is better)"
         )
+    # One order for one content: the store's row order follows evaluation completion times,
+    # and the held-out split and minibatches follow the row order.
+    rows = sorted(rows, key=lambda r: r["config_hash"])
     lut = {int(b): i for i, b in enumerate(bit_choices)}
     idx = torch.tensor(
         [[[lut[w], lut[a]] for w, a in zip(r["w_bits"], r["a_bits"], strict=True)] for r in rows]

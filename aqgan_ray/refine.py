@@ -26,7 +26,9 @@ Measured on the smoke preset (a 66-config store, 8 fidelity targets x 2 proposal
 seeds): mean |achieved - target| 7.6 points without refinement, 3.3 after 4 rounds of 12
 targets (48 evaluations; a share within 2 points of 25% before, 62% after); through
 ``aqgan-ray train`` on a fresh 60-config store, 2.5 after 31 evaluations (targets reached
-early were skipped). Full retraining each round
+early were skipped). The spread from run to run is as large as the effect: on one 60-config
+store, 4 rounds left 3.4, 3.9 and 13.9 points for GAN seeds 1, 2 and 0 (seed 0 with misses
+of up to 43 points at low targets), and 8 rounds 5.1 for seed 0. Full retraining each round
 instead of continuing reached 3.6 in twice the time; refitting only the predictor, 5.4.
 """
 

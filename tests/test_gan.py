@@ -82,6 +82,15 @@ def test_checkpoint_round_trip_is_weights_only_and_checked(tmp_path, trained, sm
         aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp))
 
 
+def test_training_data_does_not_depend_on_the_stores_row_order(collected, smoke, data):
+    """Rows land in the store in evaluation completion order, which varies from run to run."""
+    exp, prepared, _ = smoke
+    rows = EvaluationStore(collected / exp.name / "evaluations", None).rows()
+    again = aqgan.training_data(rows[::-1], prepared.layer_names, exp.quant.bit_choices)
+    assert torch.equal(again.idx, data.idx) and torch.equal(again.acc, data.acc)
+    assert again.hashes == data.hashes == tuple(sorted(data.hashes))
+
+
 def test_too_small_a_store_is_refused(collected, smoke):
     exp, prepared, _ = smoke
     rows = EvaluationStore(collected / exp.name / "evaluations", None).rows()
