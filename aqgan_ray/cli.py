@@ -816,6 +816,8 @@ def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
         model, refine_log, waited = _refine_stage(stack, current, spec_in, run_dir)
     train_s = time.perf_counter() - start - waited  # evaluations are counted on their own
     trained_on = len(store)
+    # The old checkpoint's fidelity must not outlive it: `run` would take it as this one's.
+    (run_dir / "fidelity.parquet").unlink(missing_ok=True)
     path = aqgan.save_checkpoint(
         run_dir / "aqgan.pt",
         model,
@@ -969,7 +971,7 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
 
     from aqgan_ray import aqgan
     from aqgan_ray.cost import get_hw_model, parse_budget
-    from aqgan_ray.select import best_under_budget, propose
+    from aqgan_ray.select import best_under_budget, expected_miss, propose
 
     if args.target_acc is not None and not 0.0 <= args.target_acc <= 1.0:
         raise UserError(f"--target-acc {args.target_acc} must be an accuracy in [0, 1]")
@@ -991,6 +993,7 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
     else:
         proposals = propose(loaded, layers, args.target_acc, args.n, args.top, exp.seed, hw, budget)
     generate_s = time.perf_counter() - start
+    verified = _verified_fidelity(_checkpoint_path(args, exp).with_name("fidelity.parquet"))
     out_props = []
     for p in proposals:
         out_props.append(
@@ -1000,6 +1003,7 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
                 "target_acc": p.target_acc,
                 "predicted_acc": p.predicted_acc,
                 "predicted_std": p.predicted_std,
+                "expected_miss": expected_miss(verified, p.predicted_acc),
                 "cost": _costs([args.hw] if args.hw else [], layers, p.config, choices),
                 "within_budget": p.within_budget,
             }
@@ -1009,6 +1013,7 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
         "generate_s": generate_s,
         "sampled": args.n,
         "budget": None if budget is None else {"metric": budget.metric, "value": budget.value},
+        "fidelity_verified": len(verified),  # what expected_miss is measured on
     }
     if args.verify and proposals:
         with _evaluation_stack(args, exp) as stack:
@@ -1026,12 +1031,28 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         for row in out_props:
             achieved = f"  achieved {row['val_acc']:.4f}" if "val_acc" in row else ""
+            miss = row["expected_miss"]
+            near = "" if miss is None else f" (misses near it: {miss:.3f})"
             print(
-                f"{row['config_hash']}  predicted {row['predicted_acc']:.4f}{achieved}  "
+                f"{row['config_hash']}  predicted {row['predicted_acc']:.4f}{near}{achieved}  "
                 f"w {row['w_bits']}  a {row['a_bits']}"
             )
         print(f"{len(out_props)} proposals from {args.n} samples in {generate_s * 1000:.1f} ms")
     return out
+
+
+def _verified_fidelity(path: Path) -> list[tuple[float, float]]:
+    """(target, achieved) of the checkpoint's verified fidelity proposals; none without the
+    table (it is deleted whenever a new checkpoint is saved, and written once verified)."""
+    if not path.is_file():
+        return []
+    from aqgan_ray.store import read_frame
+
+    try:
+        frame = read_frame(path)
+    except UserError:  # damaged: proposals are still served, without this estimate
+        return []
+    return list(zip(frame["target_acc"].tolist(), frame["achieved_val_acc"].tolist(), strict=True))
 
 
 def cmd_baseline(args: argparse.Namespace) -> dict[str, Any]:

@@ -297,6 +297,10 @@ def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
         first
     )
     assert len(first["w_bits"]) == 53 and "bitfusion" in first["cost"]
+    # The miss to expect is the checkpoint's own: its 4 fidelity proposals, all 4 nearest.
+    assert out["fidelity_verified"] == 4
+    misses = (fidelity["achieved_val_acc"] - fidelity["target_acc"]).abs()
+    assert first["expected_miss"] == pytest.approx(misses.mean())
 
     budgeted = _inproc_ok(
         inproc("generate", *base[:4], "--hw", "bismo-edge", "--budget", "latency_ms=0.5x", "--json")

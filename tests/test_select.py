@@ -9,7 +9,7 @@ import pytest
 from aqgan_ray import aqgan, gan
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.cost import get_hw_model, parse_budget
-from aqgan_ray.select import best_under_budget, propose
+from aqgan_ray.select import best_under_budget, expected_miss, propose
 from aqgan_ray.store import EvaluationStore
 
 
@@ -68,3 +68,11 @@ def test_budget_only_returns_the_most_accurate_that_fit(loaded, smoke):
     uniform4 = QuantConfig.uniform(prepared.layer_names, 4)  # exactly half of 8-bit size
     size = hw.batch(layers, np.array([uniform4.w_bits]), np.array([uniform4.a_bits]))
     assert size["size_bytes"][0] == pytest.approx(budget.value)
+
+
+def test_expected_miss_averages_the_verified_proposals_nearest_the_prediction():
+    verified = [(0.2, 0.25), (0.2, 0.19), (0.5, 0.5), (0.5, 0.46), (0.8, 0.81), (0.8, 0.79)]
+    assert expected_miss(verified, 0.82, k=2) == pytest.approx(0.01)
+    assert expected_miss(verified, 0.45, k=2) == pytest.approx(0.02)
+    assert expected_miss(verified, 0.3, k=2) == pytest.approx(0.03)  # 0.2's two
+    assert expected_miss([], 0.5) is None
