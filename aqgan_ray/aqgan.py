@@ -17,7 +17,9 @@ from aqgan_ray import gan
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.errors import UserError
 
-FORMAT_VERSION = 1
+# Never reused: 1 and now 3 hold the additive predictor, 2 held the sensitivity-profile predictor
+# that was taken out again, so a checkpoint of any other format is refused, not misread.
+FORMAT_VERSION = 3
 # Below this many stored configs there is nothing to learn a condition from.
 MIN_STORE = 30
 # Targets on which the condition error and diversity are measured (scaled accuracy).
