@@ -788,7 +788,9 @@ def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
     store = stack.service.store
     choices = exp.quant.bit_choices
     names = stack.prepared.layer_names
-    data = aqgan.training_data(store.rows(), names, choices)
+    # Refinement's configs enter training only through the rounds that evaluated them
+    # (refine.py), so a train resumed mid-refinement, or run again, ends with the same model.
+    data = aqgan.training_data(_rows_refined_through(store, set()), names, choices)
     start = time.perf_counter()
     tuned: dict[str, Any] = {}
     if spec_in.tune_samples:
@@ -878,6 +880,11 @@ def _refine_log(run_dir: Path, eval_key: str) -> list[dict[str, Any]]:
     return [row for row in rows if row.get("eval_key") == eval_key]
 
 
+def _rows_refined_through(store, kept: set[str]) -> list[dict[str, Any]]:
+    """The store's rows, of those refinement added only the configs in ``kept``."""
+    return [r for r in store.rows() if r["source"] != "refine" or r["config_hash"] in kept]
+
+
 def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path):
     """Active refinement through the evaluation service, one ``refine.parquet`` write per
     round; returns (model, log, seconds spent waiting on evaluations)."""
@@ -909,8 +916,9 @@ def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path):
         bar.update(1)
         bar.set_postfix(mean_miss=f"{summary(rows)[-1]['mean_err']:.4f}", store=len(store))
 
-    def data_of():
-        return aqgan.training_data(store.rows(), loaded.layer_names, loaded.bit_choices)
+    def data_of(kept: set[str]):
+        rows = _rows_refined_through(store, kept)
+        return aqgan.training_data(rows, loaded.layer_names, loaded.bit_choices)
 
     with bar:
         model = refine(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from aqgan_ray import aqgan, gan
 from aqgan_ray.evaluate import Evaluator
@@ -19,6 +20,12 @@ def test_refinement_targets_sit_between_the_fidelity_targets():
     assert refine_at[0] > fidelity[0] and refine_at[-1] < fidelity[-1]
     assert not np.isin(refine_at, fidelity).any()
     assert np.allclose(np.diff(refine_at), (hi - aqgan.band_start(lo, hi)) / 4)
+
+
+def _data(rows, kept, loaded):
+    """The store's rows, of refinement's only those in ``kept`` (as the CLI's)."""
+    rows = [r for r in rows if r.get("source") != "refine" or r["config_hash"] in kept]
+    return aqgan.training_data(rows, loaded.layer_names, loaded.bit_choices)
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +51,12 @@ def test_refine_evaluates_learns_and_resumes(start, smoke):
             asked.append(config.hash)
             acc = evaluator.evaluate(config).val_acc
             rows.append({"config_hash": config.hash, "w_bits": config.w_bits,
-                         "a_bits": config.a_bits, "val_acc": acc})  # fmt: skip
+                         "a_bits": config.a_bits, "val_acc": acc, "source": "refine"})  # fmt: skip
             out.append((acc, False))
         return out
 
-    def data_of():
-        return aqgan.training_data(rows, loaded.layer_names, loaded.bit_choices)
+    def data_of(kept):
+        return _data(rows, kept, loaded)
 
     def on_round(r, log, model):
         persisted.append((r, len(log)))
@@ -72,3 +79,42 @@ def test_refine_evaluates_learns_and_resumes(start, smoke):
     done = len(log)
     refine(loaded, 3, 2, data_of, evaluate, log, on_round)  # one more round, and only that
     assert {row["round"] for row in log[done:]} <= {2} and len(asked) == before + len(log) - done
+
+
+def test_a_resumed_refinement_ends_with_the_uninterrupted_model(start, smoke):
+    """Interrupted after round 0 was written and after round 1's evaluations landed in the
+    store (not yet in the log): resuming replays round 0's training on the store as it was
+    then and gives the model of a run never interrupted."""
+    exp, prepared, splits = smoke
+    loaded, base = start
+    evaluator = Evaluator(prepared, (splits.val_x, splits.val_y), compile=False)
+    memo: dict[str, float] = {}
+
+    def run(rounds, log, rows, stop_after_eval=None):
+        def evaluate(configs):
+            out = []
+            for config in configs:
+                cached = any(r["config_hash"] == config.hash for r in rows)
+                if config.hash not in memo:
+                    memo[config.hash] = evaluator.evaluate(config).val_acc
+                if not cached:
+                    rows.append({"config_hash": config.hash, "w_bits": config.w_bits,
+                                 "a_bits": config.a_bits, "val_acc": memo[config.hash],
+                                 "source": "refine"})  # fmt: skip
+                out.append((memo[config.hash], cached))
+            if stop_after_eval is not None and log and log[-1]["round"] == stop_after_eval - 1:
+                raise KeyboardInterrupt  # round stop_after_eval evaluated, not yet logged
+            return out
+
+        return refine(loaded, rounds, 3, lambda kept: _data(rows, kept, loaded), evaluate, log,
+                      lambda *_: None)  # fmt: skip
+
+    whole = run(2, [], list(base))
+    log, rows = [], list(base)
+    with pytest.raises(KeyboardInterrupt):
+        run(2, log, rows, stop_after_eval=1)
+    assert {r["round"] for r in log} == {0} and len(rows) > len(base) + len(log)
+    resumed = run(2, log, rows)
+    for a, b in zip(whole.generator.parameters(), resumed.generator.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert np.array_equal(gan.sample(whole, 0.5, 16, 3)[1], gan.sample(resumed, 0.5, 16, 3)[1])
