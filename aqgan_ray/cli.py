@@ -921,6 +921,8 @@ def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path):
         return aqgan.training_data(rows, loaded.layer_names, loaded.bit_choices)
 
     with bar:
+        if done:  # refine() first replays their training (no evaluations)
+            bar.set_postfix_str(f"replaying the training of {done} written round(s)")
         model = refine(
             loaded, spec_in.refine_rounds, spec_in.refine_targets, data_of, evaluate, log, on_round
         )
