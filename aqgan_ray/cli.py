@@ -790,7 +790,9 @@ def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
     names = stack.prepared.layer_names
     # Refinement's configs enter training only through the rounds that evaluated them
     # (refine.py), so a train resumed mid-refinement, or run again, ends with the same model.
-    data = aqgan.training_data(_rows_refined_through(store, set()), names, choices)
+    from aqgan_ray.refine import training_rows
+
+    data = aqgan.training_data(training_rows(store.rows(), set()), names, choices)
     start = time.perf_counter()
     tuned: dict[str, Any] = {}
     if spec_in.tune_samples:
@@ -880,11 +882,6 @@ def _refine_log(run_dir: Path, eval_key: str) -> list[dict[str, Any]]:
     return [row for row in rows if row.get("eval_key") == eval_key]
 
 
-def _rows_refined_through(store, kept: set[str]) -> list[dict[str, Any]]:
-    """The store's rows, of those refinement added only the configs in ``kept``."""
-    return [r for r in store.rows() if r["source"] != "refine" or r["config_hash"] in kept]
-
-
 def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path):
     """Active refinement through the evaluation service, one ``refine.parquet`` write per
     round; returns (model, log, seconds spent waiting on evaluations)."""
@@ -893,13 +890,13 @@ def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path):
     from tqdm import tqdm
 
     from aqgan_ray import aqgan
-    from aqgan_ray.refine import refine, summary
+    from aqgan_ray.refine import refine, summary, training_rows
     from aqgan_ray.store import write_table
 
     store = stack.service.store
     log = _refine_log(run_dir, store.eval_key)
-    done = len({row["round"] for row in log})
-    bar = tqdm(total=spec_in.refine_rounds, initial=min(done, spec_in.refine_rounds),
+    replayed = min(len({row["round"] for row in log}), spec_in.refine_rounds)
+    bar = tqdm(total=spec_in.refine_rounds, initial=replayed,
                desc="refine AQGAN", unit="round")  # fmt: skip
     waited = 0.0
 
@@ -917,12 +914,12 @@ def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path):
         bar.set_postfix(mean_miss=f"{summary(rows)[-1]['mean_err']:.4f}", store=len(store))
 
     def data_of(kept: set[str]):
-        rows = _rows_refined_through(store, kept)
+        rows = training_rows(store.rows(), kept)
         return aqgan.training_data(rows, loaded.layer_names, loaded.bit_choices)
 
     with bar:
-        if done:  # refine() first replays their training (no evaluations)
-            bar.set_postfix_str(f"replaying the training of {done} written round(s)")
+        if replayed:  # refine() first replays their training (no evaluations)
+            bar.set_postfix_str(f"replaying the training of {replayed} written round(s)")
         model = refine(
             loaded, spec_in.refine_rounds, spec_in.refine_targets, data_of, evaluate, log, on_round
         )

@@ -76,6 +76,12 @@ def refined_through(log: Sequence[dict[str, Any]], round_: int) -> set[str]:
     return {str(row["config_hash"]) for row in log if int(row["round"]) <= round_}
 
 
+def training_rows(rows: Sequence[dict[str, Any]], kept: set[str]) -> list[dict[str, Any]]:
+    """Store rows to train on: all but refinement's (``source`` = ``refine``), of which only
+    the configs in ``kept``."""
+    return [r for r in rows if r.get("source") != "refine" or r["config_hash"] in kept]
+
+
 def refine(
     loaded: aqgan.Loaded,
     rounds: int,

@@ -9,7 +9,7 @@ import torch
 
 from aqgan_ray import aqgan, gan
 from aqgan_ray.evaluate import Evaluator
-from aqgan_ray.refine import TOLERANCE, refine, refinement_targets, summary
+from aqgan_ray.refine import TOLERANCE, refine, refinement_targets, summary, training_rows
 from aqgan_ray.store import EvaluationStore
 
 
@@ -23,9 +23,8 @@ def test_refinement_targets_sit_between_the_fidelity_targets():
 
 
 def _data(rows, kept, loaded):
-    """The store's rows, of refinement's only those in ``kept`` (as the CLI's)."""
-    rows = [r for r in rows if r.get("source") != "refine" or r["config_hash"] in kept]
-    return aqgan.training_data(rows, loaded.layer_names, loaded.bit_choices)
+    """Training data as the CLI builds it for a round."""
+    return aqgan.training_data(training_rows(rows, kept), loaded.layer_names, loaded.bit_choices)
 
 
 @pytest.fixture(scope="module")
