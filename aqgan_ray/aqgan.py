@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,9 @@ from aqgan_ray import gan
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.errors import UserError
 
-# Never reused: 1 and now 3 hold the additive predictor, 2 held the sensitivity-profile predictor
-# that was taken out again, so a checkpoint of any other format is refused, not misread.
-FORMAT_VERSION = 3
+# Never reused: 1 and 3 held the additive predictor, 2 the sensitivity-profile predictor that was
+# taken out again, 4 adds the residual GP; a checkpoint of any other format is refused, not misread.
+FORMAT_VERSION = 4
 # Below this many stored configs there is nothing to learn a condition from.
 MIN_STORE = 30
 # Targets on which the condition error and diversity are measured (scaled accuracy).
@@ -78,7 +78,8 @@ def fidelity_metrics(
 ) -> dict[str, float]:
     """What Tune optimises, measured on configs the model never saw.
 
-    - ``heldout_mae``: predictor error on held-out (config, accuracy) pairs, in accuracy units.
+    - ``heldout_mae``: the ranker's error (predictor plus residual GP) on held-out (config,
+      accuracy) pairs, in accuracy units.
     - ``cond_err``: over a grid of targets, the gap between each target and the predicted
       accuracy of the 4 best-ranked of 128 proposals (how well the generator reaches targets).
     - ``objective`` = their sum: proposals are ranked by the predictor, so what a user gets is
@@ -123,15 +124,14 @@ def fit(
 def refit_predictor(
     model: gan.TrainedGan, data: TrainingData, bit_values: Sequence[int], spec: gan.GanSpec
 ) -> gan.TrainedGan:
-    """The deployed ranker: the predictor fitted again on every stored config, held-out ones
-    included, once the held-out split has served to measure and select. The generator keeps
-    the predictor it was trained against; only the ranking of proposals uses the refit one."""
+    """The deployed ranker: the predictor and its residual GP fitted again on every stored
+    config, held-out ones included, once the held-out split has served to measure and select.
+    The generator keeps the predictor it was trained against; only the ranking of proposals
+    uses the refit ones."""
     c = torch.as_tensor(model.scaler.scale(data.acc), dtype=torch.float32)
     x = gan.one_hot(data.idx, len(bit_values))
-    predictor = gan.fit_predictor(x, c, spec, bit_values, spec.seed)
-    for p in predictor.parameters():
-        p.requires_grad_(False)
-    return gan.TrainedGan(model.generator, model.discriminator, predictor, model.scaler)
+    predictor, residual = gan.fit_ranker(x, c, spec, bit_values)
+    return replace(model, predictor=predictor, residual=residual)
 
 
 def model_state(model: gan.TrainedGan, spec: gan.GanSpec) -> dict[str, Any]:
@@ -142,6 +142,7 @@ def model_state(model: gan.TrainedGan, spec: gan.GanSpec) -> dict[str, Any]:
         "generator": model.generator.state_dict(),
         "discriminator": model.discriminator.state_dict(),
         "predictor": model.predictor.state_dict(),
+        "residual": model.residual.state_dict(),
     }
 
 
@@ -160,11 +161,14 @@ def model_from_state(
         gan.Discriminator(n_layers, n_choices, spec.hidden),
         gan.PredictorEnsemble(members),
         gan.Scaler(*state["scaler"]),
+        gan.ResidualGP(*state["residual"]["x"].shape),
+        tuple(int(b) for b in bit_values),
     )
     model.generator.load_state_dict(state["generator"])
     model.discriminator.load_state_dict(state["discriminator"])
     model.predictor.load_state_dict(state["predictor"])
-    for module in (model.generator, model.discriminator, model.predictor):
+    model.residual.load_state_dict(state["residual"])
+    for module in (model.generator, model.discriminator, model.predictor, model.residual):
         module.eval()
     return model, spec
 

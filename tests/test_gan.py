@@ -8,6 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from aqgan_ray import aqgan, gan
 from aqgan_ray.errors import UserError
@@ -70,7 +72,8 @@ def test_checkpoint_round_trip_is_weights_only_and_checked(tmp_path, trained, sm
     )
     torch.load(path, weights_only=True)  # plain tensors and containers only
     loaded = aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp))
-    assert np.array_equal(gan.sample(loaded.model, 0.8, 8, 1)[0], gan.sample(model, 0.8, 8, 1)[0])
+    for a, b in zip(gan.sample(loaded.model, 0.8, 8, 1), gan.sample(model, 0.8, 8, 1), strict=True):
+        assert np.array_equal(a, b)  # configs, predictions and their std (the residual GP's)
     assert loaded.eval_key == "key" and loaded.spec == QUICK
     other = aqgan.model_id(replace(exp, model=replace(exp.model, width=1.0)))
     with pytest.raises(UserError, match="trained for mobilenet_v2 width 0.35"):
@@ -96,3 +99,24 @@ def test_too_small_a_store_is_refused(collected, smoke):
     rows = EvaluationStore(collected / exp.name / "evaluations", None).rows()
     with pytest.raises(UserError, match="needs at least 30"):
         aqgan.training_data(rows[:10], prepared.layer_names, exp.quant.bit_choices)
+
+
+def test_the_residual_gp_is_sklearns_posterior_and_knows_where_it_has_data(data, smoke):
+    """The torch posterior stored in checkpoints equals scikit-learn's; its std is small at the
+    store's configs and large far from them (the ensemble's spread is not: README)."""
+    choices = smoke[0].quant.bit_choices
+    x = gan.one_hot(data.idx, len(choices))
+    feats = gan.noise_features(x, choices)
+    residual = (data.acc - data.acc.mean()) * 3  # any target will do for the identity
+    gp = gan.fit_residual(feats[:30], residual[:30], seed=0)
+    amplitude, lengthscale, noise = gp.hyper.tolist()
+    kernel = ConstantKernel(amplitude) * RBF(lengthscale) + WhiteKernel(noise)
+    reference = GaussianProcessRegressor(kernel, optimizer=None).fit(
+        feats[:30].double().numpy(), residual[:30].double().numpy()
+    )
+    want_mean, want_std = reference.predict(feats[30:].double().numpy(), return_std=True)
+    mean, std = gp(feats[30:])
+    np.testing.assert_allclose(mean.numpy(), want_mean, atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), want_std, atol=1e-5)
+    all_two_bits = gan.noise_features(gan.one_hot(torch.zeros(1, 53, 2), len(choices)), choices)
+    assert gp(feats[:30])[1].max() < gp(all_two_bits)[1].item()
