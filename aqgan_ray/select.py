@@ -28,7 +28,7 @@ class Proposal:
     config: QuantConfig
     target_acc: float
     predicted_acc: float
-    predicted_std: float  # spread of the predictor ensemble
+    predicted_std: float  # the ranker's posterior std (the residual GP's)
     cost: float | None  # the budget metric on the chosen hardware model
     within_budget: bool
 
@@ -50,7 +50,7 @@ def propose(
     budget: Budget | None = None,
 ) -> list[Proposal]:
     """Up to ``top`` distinct proposals for ``target_acc``, those over budget dropped, ranked by
-    predicted distance to the target plus the predictor's uncertainty."""
+    predicted distance to the target plus the ranker's posterior std (``gan.TrainedGan``)."""
     idx, pred, std = gan.sample(loaded.model, target_acc, n, seed)
     keep = _unique(idx)
     idx, pred, std = idx[keep], pred[keep], std[keep]
@@ -98,8 +98,9 @@ def best_under_budget(
 def expected_miss(verified: Sequence[tuple[float, float]], acc: float, k: int = 4) -> float | None:
     """How far this checkpoint's proposals landed near ``acc``: the mean |achieved - target| of
     the ``k`` verified proposals (``(target, achieved)`` pairs from ``fidelity.parquet``) whose
-    targets lie nearest ``acc``; None without any. The ensemble's spread is no such measure: it
-    stays near 0.01 on misses of 10-15 points (README, "AQGAN fidelity")."""
+    targets lie nearest ``acc``; None without any. The ranker's own std is a model's belief; this
+    is what verification measured (the ensemble's spread, the std before the residual GP, stayed
+    near 0.01 on misses of 10-15 points: README, "AQGAN fidelity")."""
     if not verified:
         return None
     pairs = np.asarray(verified, dtype=np.float64)
