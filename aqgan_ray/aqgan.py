@@ -82,8 +82,8 @@ def fidelity_metrics(
       accuracy) pairs, in accuracy units.
     - ``cond_err``: over a grid of targets, the gap between each target and the predicted
       accuracy of the 4 best-ranked of 128 proposals (how well the generator reaches targets).
-    - ``objective`` = their sum: proposals are ranked by the predictor, so what a user gets is
-      off by about the predictor's error plus the generator's miss.
+    - ``objective`` = their sum: proposals are ranked by that ranker, so what a user gets is
+      off by about the ranker's error plus the generator's miss.
     """
     pred, _ = gan.predict(model, data.idx[holdout], n_choices)
     heldout_mae = float(np.abs(pred - data.acc[holdout].numpy()).mean())
