@@ -352,9 +352,9 @@ def test_tune_search_runs_and_resumes(cli, collected, ray_cluster, tmp_path):
     args = (
         "train", "--experiment", "smoke", "--results", str(results), "--address",
         ray_cluster["address"], "--tune-samples", "2", "--steps", "40", "--fidelity-targets", "0",
-        "--json",
+        "--refine-rounds", "0", "--json",
     )  # fmt: skip
-    first = _ok(cli(*args))
+    first = _ok(cli(*args))  # no refinement: test_refine.py and the train test above cover it
     assert set(first["tune"]) >= {"lr_g", "cond_weight", "gumbel_tau"}
     tune_dir = results / "smoke" / "tune" / "aqgan-tune"
     trials = sorted(p.name for p in tune_dir.iterdir() if p.is_dir())
