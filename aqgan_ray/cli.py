@@ -688,6 +688,7 @@ def _evaluation_stack(args: argparse.Namespace, exp) -> Iterator[_Stack]:
 
 def _collect_stage(stack: _Stack, samples: int, progress: bool = True) -> dict[str, Any]:
     from aqgan_ray.collect import collect
+    from aqgan_ray.sampling import SamplerSpec
 
     exp, store = stack.exp, stack.service.store
     stats = collect(
@@ -697,6 +698,7 @@ def _collect_stage(stack: _Stack, samples: int, progress: bool = True) -> dict[s
         samples,
         exp.seed,
         progress=progress,
+        spec=SamplerSpec(round_size=exp.collect.round_size),
     )
     return {
         "requested": samples,

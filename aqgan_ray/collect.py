@@ -3,13 +3,21 @@
 Idempotent by construction: the target is a store size, not a number of new evaluations, and
 the sampler is told every stored row first, so running it again after Ctrl-C (or a killed
 driver) evaluates only what is missing, and running it with the same N does nothing.
+
+Reproducible by construction too: configs are drawn in rounds (``SamplerSpec.round_size``), each
+round from the results of the earlier ones and a random stream seeded by the experiment seed and
+the store size at the round's start. Results reach the driver in an order set by timing (worker
+speed, a replaced actor, the cluster's size); with draws that interleaved with arrivals, two
+collections of the same preset shared 113 of 120 configs, and the model trained on them missed
+its targets by 2.7 points on one and 0.5 on the other. Now the same seed and size give the same
+store on a laptop or a cluster.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tqdm import tqdm
@@ -42,7 +50,7 @@ class CollectStats:
 
 
 def sampler_seed(experiment_seed: int, stored: int) -> int:
-    """A fresh stream per resume point, reproducible from the seed and the store size."""
+    """A fresh stream per round (and resume point), reproducible from the seed and store size."""
     digest = hashlib.sha256(f"collect:{experiment_seed}:{stored}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
@@ -67,15 +75,20 @@ def collect(
         )
     store = service.store
     start = time.perf_counter()
-    stored = store.rows()
-    sampler = CollectionSampler(layer_names, bit_choices, sampler_seed(seed, len(stored)), spec)
-    for row in stored:
+    spec = spec or SamplerSpec()
+    sampler = CollectionSampler(layer_names, bit_choices, 0, spec)
+    for row in store.rows():
         sampler.tell(QuantConfig(layer_names, row["w_bits"], row["a_bits"]), row["val_acc"])
     need = max(0, samples - len(store))
-    labels: dict[str, str] = {}
+    labels: dict[str, str] = {}  # hash -> how it was drawn, for this call's rows
 
-    def proposals() -> Iterator[QuantConfig]:
-        while len(labels) < need:
+    def draw_round() -> list[QuantConfig]:
+        """The next round, all drawn before any of its results is in."""
+        stored = len(store)
+        sampler.reseed(sampler_seed(seed, stored))
+        size = min(spec.round_size - stored % spec.round_size, samples - stored)
+        batch: list[QuantConfig] = []
+        for _ in range(size):
             for _ in range(MAX_REDRAWS):
                 config, name = sampler.ask()
                 if config.hash not in store and config.hash not in labels:
@@ -86,7 +99,8 @@ def collect(
                     f"already holds {len(store)} configs of this space"
                 )
             labels[config.hash] = name
-            yield config
+            batch.append(config)
+        return batch
 
     nodes: set[str] = set()
     cpu_s = 0.0
@@ -94,16 +108,18 @@ def collect(
     bar = tqdm(total=need, desc="collect", unit="eval", disable=not progress or need == 0)
     try:
         with store:
-            for outcome in service.imap(proposals(), SOURCE, lambda c: labels.get(c.hash)):
-                sampler.tell(outcome.config, outcome.val_acc)
-                done += 1
-                cpu_s += outcome.eval_s
-                if outcome.node_id:
-                    nodes.add(outcome.node_id)
-                bar.update()
-                bar.set_postfix(acc=f"{outcome.val_acc:.3f}", nodes=len(nodes))
-                if on_result is not None:
-                    on_result(outcome)
+            while len(store) < samples:
+                batch = draw_round()
+                for outcome in service.imap(batch, SOURCE, lambda c: labels.get(c.hash)):
+                    sampler.tell(outcome.config, outcome.val_acc)
+                    done += 1
+                    cpu_s += outcome.eval_s
+                    if outcome.node_id:
+                        nodes.add(outcome.node_id)
+                    bar.update()
+                    bar.set_postfix(acc=f"{outcome.val_acc:.3f}", nodes=len(nodes))
+                    if on_result is not None:
+                        on_result(outcome)
     finally:
         bar.close()
     if store.part_count() > COMPACT_OVER_PARTS:

@@ -16,8 +16,12 @@ collection sampler therefore mixes three draws, recorded per row as ``sampler``:
   configs no level would produce.
 
 It is an ask/tell proposer like every search method; its state is rebuilt from the store on
-resume (``tell`` every stored row), and its random stream is seeded by the experiment seed and
-the store size, so a resumed collection is reproducible.
+resume (``tell`` every stored row). What it draws depends on the *set* of results told, never on
+their order: ties in accuracy (many configs sit at chance) are broken by config hash. ``collect``
+asks in rounds of ``round_size`` and reseeds at every round from the experiment seed and the
+store size, so the store is a function of the seed and its size, whatever order results arrive
+in from a cluster, and a collection resumed at a round boundary draws what an uninterrupted one
+would.
 """
 
 from __future__ import annotations
@@ -39,6 +43,16 @@ class SamplerSpec:
     max_layer_jitter: float = 1.25  # per-config layer jitter std drawn from U(0.2, this)
     mutate_prob: float = 0.15  # per layer and per kind, in stratified draws
     neighbours: int = 4  # a stratified draw mutates one of the configs nearest the target
+    # ``collect`` draws this many configs, waits for all of them, then draws the next round: a
+    # round's draws see exactly the results of earlier rounds, never a timing-dependent part of
+    # its own. The price is idle evaluators while a round's last results come in (on 2 workers
+    # about half an evaluation each per round); raise it on a large cluster (more than 16
+    # evaluators otherwise idle from the start of a round).
+    round_size: int = 16
+
+    def __post_init__(self):
+        if self.round_size < 1:
+            raise ValueError("round_size must be at least 1")
 
 
 class CollectionSampler:
@@ -55,6 +69,10 @@ class CollectionSampler:
         self.rng = np.random.default_rng(seed)
         self._idx: list[tuple[np.ndarray, np.ndarray]] = []  # told configs as choice indices
         self._acc: list[float] = []
+        self._hash: list[str] = []
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
 
     def tell(self, config: QuantConfig, val_acc: float) -> None:
         index = {int(b): i for i, b in enumerate(self.choices)}
@@ -65,6 +83,7 @@ class CollectionSampler:
             )
         )
         self._acc.append(float(val_acc))
+        self._hash.append(config.hash)
 
     def ask(self) -> tuple[QuantConfig, str]:
         spec, r = self.spec, self.rng.random()
@@ -103,7 +122,8 @@ class CollectionSampler:
         spec, rng = self.spec, self.rng
         acc = np.asarray(self._acc)
         target = rng.uniform(acc.min(), acc.max())
-        nearest = np.argsort(np.abs(acc - target))[: spec.neighbours]
+        # by distance, then by hash: the same told set gives the same neighbours in any order
+        nearest = np.lexsort((np.array(self._hash), np.abs(acc - target)))[: spec.neighbours]
         w_idx, a_idx = self._idx[int(rng.choice(nearest))]
         return self._config(self._mutate(w_idx), self._mutate(a_idx))
 

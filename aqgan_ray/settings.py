@@ -61,6 +61,10 @@ class CollectSpec:
     """The one-time dataset AQGAN learns from (``collect``, and the first stage of ``run``)."""
 
     samples: int = 200  # distinct configs in the evaluation store
+    # Configs drawn per round, each round from the results of earlier ones (``SamplerSpec``):
+    # the store is then the same whatever order results arrive in. Raise it above the number
+    # of evaluators on a large cluster, or evaluators wait at every round's end.
+    round_size: int = 16
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,8 @@ def _validated(exp: Experiment) -> Experiment:
         raise UserError("baselines.evaluations must be at least 1")
     if min(exp.aqgan.steps, exp.aqgan.fidelity_top, exp.aqgan.verify_top, exp.aqgan.proposals) < 1:
         raise UserError("aqgan.steps, fidelity_top, verify_top and proposals must be at least 1")
+    if exp.collect.round_size < 1:
+        raise UserError("collect.round_size must be at least 1")
     if exp.aqgan.refine_targets < 1:
         raise UserError("aqgan.refine_targets must be at least 1")
     design = exp.design

@@ -14,6 +14,7 @@ from aqgan_ray.collect import collect
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.evaluate import evaluation_key
 from aqgan_ray.pool import EvaluatorPool, PoolSpec
+from aqgan_ray.sampling import SamplerSpec
 from aqgan_ray.service import EvaluationService
 from aqgan_ray.store import EvaluationStore
 
@@ -89,6 +90,21 @@ def test_interrupted_collect_keeps_results_and_resumes(tmp_path, smoke, actors):
     assert resumed.evaluated_now == 7 and resumed.total == 10
     raw = _raw_hashes(kept.root)
     assert len(raw) == len(set(raw)) == 10
+
+
+def test_the_store_depends_on_seed_and_size_not_on_arrival_order(tmp_path, smoke, actors):
+    """Two evaluators return in timing order; draws happen in rounds, so two collections of
+    the same size hold the same configs, and one resumed at a round boundary matches too."""
+    spec = SamplerSpec(warmup=4, stratified_share=0.6, round_size=4)
+    one = _store(tmp_path / "one", smoke)
+    _collect(EvaluationService(one, actors), smoke, 12, spec=spec)
+    two = _store(tmp_path / "two", smoke)
+    _collect(EvaluationService(two, actors), smoke, 8, spec=spec)
+    _collect(EvaluationService(two, actors), smoke, 12, spec=spec)
+    samplers = {r["sampler"] for r in one.rows()}
+    assert "stratified" in samplers  # later rounds were drawn from earlier results
+    assert {r["config_hash"] for r in one.rows()} == {r["config_hash"] for r in two.rows()}
+    assert len(one) == 12
 
 
 def test_killed_evaluator_still_gives_exactly_n_rows(tmp_path, smoke, actors):

@@ -55,5 +55,23 @@ def test_stratified_draws_fill_thin_accuracy_bins():
     assert counts.min() >= 0.1 * len(accs), counts
 
 
+def test_what_it_draws_depends_on_the_told_set_not_its_order():
+    """Results arrive from a cluster in timing order; ties at chance accuracy are common."""
+    spec = SamplerSpec(warmup=10, stratified_share=1.0, random_share=0.0)
+    told = _draw(CollectionSampler(LAYERS, DEFAULT_BIT_CHOICES, seed=5), 40)
+    accs = [0.1 if i % 3 else 0.1 + i / 100 for i in range(len(told))]  # many exact ties
+
+    def draws_after(order) -> list[str]:
+        sampler = CollectionSampler(LAYERS, DEFAULT_BIT_CHOICES, seed=0, spec=spec)
+        for i in order:
+            sampler.tell(told[i][0], accs[i])
+        sampler.reseed(9)
+        return [c.hash for c, _ in _draw(sampler, 30)]
+
+    forward = list(range(len(told)))
+    shuffled = list(np.random.default_rng(1).permutation(forward))
+    assert draws_after(forward) == draws_after(shuffled) == draws_after(forward[::-1])
+
+
 def test_space_size():
     assert space_size(3, 7) == 7**6
