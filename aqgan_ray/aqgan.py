@@ -56,11 +56,23 @@ def training_data(
     # One order for one content: the store's row order follows evaluation completion times,
     # and the held-out split and minibatches follow the row order.
     rows = sorted(rows, key=lambda r: r["config_hash"])
+    return _as_data(rows, layer_names, bit_choices)
+
+
+def _as_data(
+    rows: Sequence[dict], layer_names: Sequence[str], bit_choices: Sequence[int]
+) -> TrainingData:
     lut = {int(b): i for i, b in enumerate(bit_choices)}
-    idx = torch.tensor(
-        [[[lut[w], lut[a]] for w, a in zip(r["w_bits"], r["a_bits"], strict=True)] for r in rows]
-    )
-    if idx.shape[1] != len(layer_names):
+    try:
+        idx = torch.tensor(
+            [
+                [[lut[w], lut[a]] for w, a in zip(r["w_bits"], r["a_bits"], strict=True)]
+                for r in rows
+            ]
+        ).reshape(len(rows), -1, 2)
+    except (KeyError, ValueError):
+        idx = None
+    if idx is None or idx.shape[1] != len(layer_names):
         raise UserError("the store's configs do not match this model's layer table")
     acc = torch.tensor([r["val_acc"] for r in rows], dtype=torch.float32)
     return TrainingData(idx, acc, tuple(r["config_hash"] for r in rows))
@@ -249,6 +261,29 @@ def load_checkpoint(
         state["eval_key"],
         dict(state["metrics"]),
     )
+
+
+def with_evidence(loaded: Loaded, rows: Sequence[dict]) -> tuple[Loaded, int]:
+    """The checkpoint's ranker told every stored evaluation of its setup that it has not seen
+    (``TrainedGan.with_evidence``), and how many that was.
+
+    The checkpoint's residual GP holds the configs it was trained and refined on; evaluations
+    made since (``train``'s fidelity verification, ``generate --verify``, baselines) stay in the
+    store. Adding them to the GP's posterior costs milliseconds and corrects the ranking where
+    it was checked, so a target asked twice is not missed twice the same way. Rows of another
+    setup (``eval_key``) are ignored.
+    """
+    mine = sorted(
+        (r for r in rows if r.get("eval_key") == loaded.eval_key), key=lambda r: r["config_hash"]
+    )
+    if not mine:
+        return loaded, 0
+    data = _as_data(mine, loaded.layer_names, loaded.bit_choices)
+    model = loaded.model
+    x = gan.one_hot(data.idx, len(loaded.bit_choices))
+    before = len(model.residual.x)
+    model = model.with_evidence(x, data.acc)
+    return replace(loaded, model=model), len(model.residual.x) - before
 
 
 def configs_of(idx: np.ndarray, layer_names: Sequence[str], bit_choices: Sequence[int]):

@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000, help="proposals sampled per target")
     p.add_argument("--top", type=int, default=5, metavar="K", help="proposals returned")
     p.add_argument("--verify", action="store_true", help="evaluate the top K for real")
+    p.add_argument(
+        "--checkpoint-only",
+        action="store_true",
+        help="rank with the checkpoint alone, not also with the evaluations stored since it "
+        "was trained",
+    )
     p = sub.add_parser(
         "baseline",
         help="search one design point with a baseline method, on Ray (resumable); "
@@ -994,6 +1000,9 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
     choices = exp.quant.bit_choices
     names = [layer.name for layer in layers]
     loaded = aqgan.load_checkpoint(_checkpoint_path(args, exp), names, choices, aqgan.model_id(exp))
+    evidence = 0
+    if not args.checkpoint_only:
+        loaded, evidence = aqgan.with_evidence(loaded, _stored_rows(args, exp))
     hw = get_hw_model(args.hw, layers, choices) if args.hw else None
     budget = parse_budget(args.budget, hw, layers, min(choices)) if args.budget else None
     start = time.perf_counter()
@@ -1023,6 +1032,7 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
         "sampled": args.n,
         "budget": None if budget is None else {"metric": budget.metric, "value": budget.value},
         "fidelity_verified": len(verified),  # what expected_miss is measured on
+        "store_evidence": evidence,  # evaluations since training that the ranking also uses
     }
     if args.verify and proposals:
         with _evaluation_stack(args, exp) as stack:
@@ -1046,8 +1056,18 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
                 f"{row['config_hash']}  predicted {row['predicted_acc']:.4f}{near}{achieved}  "
                 f"w {row['w_bits']}  a {row['a_bits']}"
             )
-        print(f"{len(out_props)} proposals from {args.n} samples in {generate_s * 1000:.1f} ms")
+        told = f", ranked with {evidence} evaluations stored since training" if evidence else ""
+        print(
+            f"{len(out_props)} proposals from {args.n} samples in {generate_s * 1000:.1f} ms{told}"
+        )
     return out
+
+
+def _stored_rows(args: argparse.Namespace, exp) -> list[dict[str, Any]]:
+    """The run directory's stored evaluations, read-only; none when there is no store."""
+    from aqgan_ray.store import EvaluationStore
+
+    return EvaluationStore(_run_dir(args, exp.name) / "evaluations", None, warn=False).rows()
 
 
 def _verified_fidelity(path: Path) -> list[tuple[float, float]]:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -117,6 +117,18 @@ class Discriminator(nn.Module):
         return self.net(torch.cat([x.flatten(1), encode_condition(c)], dim=1)).squeeze(1)
 
 
+def noise_power(bit_values: Sequence[int]) -> Tensor:
+    """Quantization noise power of each bit choice relative to the lowest, 2^-(b - b_min)."""
+    values = torch.tensor(list(bit_values), dtype=torch.float32)
+    return 2.0 ** (-(values - values.min()))
+
+
+def noise_features(x: Tensor, power: Tensor) -> Tensor:
+    """One-hot configs [n, L, 2, K] -> noise power per layer and kind [n, 2L]: the predictor's
+    input for its sensitivity path and the residual GP's input."""
+    return (x * power).sum(-1).flatten(1)
+
+
 class Predictor(nn.Module):
     """Scaled accuracy of a one-hot config; an ensemble of these is ``PredictorEnsemble``.
 
@@ -133,18 +145,16 @@ class Predictor(nn.Module):
 
     def __init__(self, bit_values: Sequence[int], n_layers: int, hidden: int, channels: int = 4):
         super().__init__()
-        values = torch.tensor(list(bit_values), dtype=torch.float32)
-        self.register_buffer("noise_power", 2.0 ** (-(values - values.min())), persistent=False)
+        self.register_buffer("noise_power", noise_power(bit_values), persistent=False)
         self.sensitivity = nn.Linear(n_layers * 2, channels)
-        self.residual = nn.Linear(n_layers * 2 * len(values), channels, bias=False)
+        self.residual = nn.Linear(n_layers * 2 * len(bit_values), channels, bias=False)
         self.link = nn.Sequential(
             nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
             nn.Linear(hidden, 1),
         )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
-        noise = (x * self.noise_power).sum(-1).flatten(1)
-        damage = self.sensitivity(noise) + self.residual(x.flatten(1))
+        damage = self.sensitivity(noise_features(x, self.noise_power)) + self.residual(x.flatten(1))
         return self.link(damage).squeeze(1)
 
 
@@ -201,12 +211,6 @@ def fit_predictor(
     return PredictorEnsemble(members).eval()
 
 
-def noise_features(x: Tensor, bit_values: Sequence[int]) -> Tensor:
-    """One-hot configs [n, L, 2, K] -> quantization noise power per layer and kind [n, 2L]."""
-    values = torch.tensor(list(bit_values), dtype=x.dtype)
-    return (x * 2.0 ** (-(values - values.min()))).sum(-1).flatten(1)
-
-
 class ResidualGP(nn.Module):
     """Exact GP posterior on fixed training points, for prediction: mean k(x, X) alpha and
     std sqrt(k(x, x) - |L^-1 k(X, x)|^2), with k = amplitude * RBF(lengthscale) + noise. Fitted
@@ -228,6 +232,33 @@ class ResidualGP(nn.Module):
         v = torch.linalg.solve_triangular(self.chol, k.T, upper=False)
         var = (amplitude + noise - v.square().sum(0)).clamp_min(0.0)
         return mean.float(), var.sqrt().float()
+
+    def condition(self, features: Tensor, residual: Tensor) -> ResidualGP:
+        """This posterior with more observations added, hyperparameters kept: the exact update
+        (one Cholesky of the enlarged kernel matrix, milliseconds at a few hundred points), no
+        marginal-likelihood refit. Points it already holds are skipped."""
+        amplitude, lengthscale, noise = self.hyper
+        known = {tuple(row) for row in self.x.tolist()}
+        f = features.to(torch.float64)
+        fresh: dict[tuple, int] = {}
+        for i, row in enumerate(f.tolist()):
+            if tuple(row) not in known:
+                fresh.setdefault(tuple(row), i)
+        if not fresh:
+            return self
+        pick = torch.tensor(list(fresh.values()))
+        held = self.chol @ (self.chol.T @ self.alpha)  # (K + noise) alpha: the stored targets
+        x = torch.cat([self.x, f[pick]])
+        y = torch.cat([held, residual.to(torch.float64)[pick]])
+        k = amplitude * torch.exp(-0.5 * torch.cdist(x, x).square() / lengthscale**2)
+        # the diagonal as scikit-learn builds it: the white noise plus its 1e-10 jitter
+        chol = torch.linalg.cholesky(k + (noise + 1e-10) * torch.eye(len(x), dtype=x.dtype))
+        out = ResidualGP(*x.shape)
+        out.x.copy_(x)
+        out.alpha.copy_(torch.cholesky_solve(y[:, None], chol).squeeze(1))
+        out.chol.copy_(chol)
+        out.hyper.copy_(self.hyper)
+        return out.eval()
 
 
 def fit_residual(features: Tensor, residual: Tensor, seed: int) -> ResidualGP:
@@ -273,8 +304,17 @@ class TrainedGan:
         """(predicted scaled accuracy, its std) of one-hot configs: the ensemble's mean plus
         the residual GP's, and the GP's posterior std."""
         mean, _ = self.predictor(x)
-        correction, std = self.residual(noise_features(x, self.bit_values))
+        correction, std = self.residual(noise_features(x, noise_power(self.bit_values)))
         return mean + correction, std
+
+    def with_evidence(self, x: Tensor, acc: Tensor) -> TrainedGan:
+        """This model with evaluated configs ``x`` (one-hot) and accuracies ``acc`` added to the
+        residual GP (``ResidualGP.condition``); the generator and the ensemble are unchanged."""
+        with torch.no_grad():
+            mean, _ = self.predictor(x)
+        c = torch.as_tensor(self.scaler.scale(acc), dtype=torch.float32)
+        features = noise_features(x, noise_power(self.bit_values))
+        return replace(self, residual=self.residual.condition(features, c - mean))
 
 
 def fit_ranker(
@@ -286,7 +326,7 @@ def fit_ranker(
         p.requires_grad_(False)
     with torch.no_grad():
         mean, _ = predictor(x)
-    residual = fit_residual(noise_features(x, bit_values), c - mean, spec.seed)
+    residual = fit_residual(noise_features(x, noise_power(bit_values)), c - mean, spec.seed)
     return predictor, residual
 
 

@@ -294,6 +294,8 @@ def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
         inproc("generate", *base[:4], "--target-acc", f"{target:.3f}", "--top", "3", "--json")
     )
     assert len(out["proposals"]) == 3 and out["generate_s"] < 1.0
+    # The ranking also uses what was evaluated after the checkpoint: the fidelity proposals.
+    assert out["store_evidence"] == (store["source"] == "aqgan").sum() > 0
     first = out["proposals"][0]
     assert {"w_bits", "a_bits", "config_hash", "cost", "within_budget", "predicted_acc"} <= set(
         first
@@ -318,6 +320,11 @@ def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
     )
     assert verified["verify_evaluations"] == 2
     assert all(0 <= p["val_acc"] <= 1 for p in verified["proposals"])
+    fresh = sum(not p["cached"] for p in verified["proposals"])
+    again = _inproc_ok(inproc("generate", *base[:4], "--target-acc", "0.5", "--top", "1", "--json"))
+    assert again["store_evidence"] == out["store_evidence"] + fresh
+    alone = ("--target-acc", "0.5", "--top", "1", "--checkpoint-only", "--json")
+    assert _inproc_ok(inproc("generate", *base[:4], *alone))["store_evidence"] == 0
 
 
 @pytest.mark.parametrize(

@@ -106,7 +106,8 @@ def test_the_residual_gp_is_sklearns_posterior_and_knows_where_it_has_data(data,
     store's configs and large far from them (the ensemble's spread is not: README)."""
     choices = smoke[0].quant.bit_choices
     x = gan.one_hot(data.idx, len(choices))
-    feats = gan.noise_features(x, choices)
+    power = gan.noise_power(choices)
+    feats = gan.noise_features(x, power)
     residual = (data.acc - data.acc.mean()) * 3  # any target will do for the identity
     gp = gan.fit_residual(feats[:30], residual[:30], seed=0)
     amplitude, lengthscale, noise = gp.hyper.tolist()
@@ -118,5 +119,23 @@ def test_the_residual_gp_is_sklearns_posterior_and_knows_where_it_has_data(data,
     mean, std = gp(feats[30:])
     np.testing.assert_allclose(mean.numpy(), want_mean, atol=1e-5)
     np.testing.assert_allclose(std.numpy(), want_std, atol=1e-5)
-    all_two_bits = gan.noise_features(gan.one_hot(torch.zeros(1, 53, 2), len(choices)), choices)
-    assert gp(feats[:30])[1].max() < gp(all_two_bits)[1].item()
+    # Far from the data: the farthest of a few extreme configs (all 2 bits can be stored).
+    k = len(choices) - 1
+    extremes = torch.zeros(4, 53, 2)
+    extremes[1, :, 1] = k  # 2-bit weights, 8-bit activations
+    extremes[2, :, 0] = k
+    extremes[3, ::2] = k  # every other layer at 8 bits, the rest at 2
+    candidates = gan.noise_features(gan.one_hot(extremes, len(choices)), power)
+    far = candidates[torch.cdist(candidates, feats[:30]).min(1).values.argmax()][None]
+    assert torch.cdist(far, feats[:30]).min() > 1.0
+    assert gp(feats[:30])[1].max() < gp(far)[1].item()
+    # Conditioning on more points with the hyperparameters kept is scikit-learn's posterior on
+    # all of them; points it already holds change nothing.
+    told = gp.condition(feats[20:], residual[20:])
+    assert len(told.x) == len(feats) and gp.condition(feats[:30], residual[:30]) is gp
+    reference.fit(feats.double().numpy(), residual.double().numpy())
+    want_mean, want_std = reference.predict(far.double().numpy(), return_std=True)
+    mean, std = told(far)
+    np.testing.assert_allclose(mean.numpy(), want_mean, atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), want_std, atol=1e-5)
+    np.testing.assert_allclose(told(feats)[0].numpy(), residual.numpy(), atol=0.05)
