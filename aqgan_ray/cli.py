@@ -145,6 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, metavar="K", help="proposals returned")
     p.add_argument("--verify", action="store_true", help="evaluate the top K for real")
     p.add_argument(
+        "--verify-rounds",
+        type=int,
+        default=3,
+        metavar="R",
+        help="with --verify and a target: while the K verified configs nearest the target are "
+        "not all within --tolerance, tell the ranker and verify K more, up to R rounds "
+        "(1: verify once, the paper's flow)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        metavar="T",
+        help="accuracy distance to the target that ends verification early (default 0.01)",
+    )
+    p.add_argument(
         "--checkpoint-only",
         action="store_true",
         help="rank with the checkpoint alone, not also with the evaluations stored since it "
@@ -986,7 +1002,13 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
 
     from aqgan_ray import aqgan
     from aqgan_ray.cost import get_hw_model, parse_budget
-    from aqgan_ray.select import best_under_budget, expected_miss, propose
+    from aqgan_ray.select import (
+        Verified,
+        best_under_budget,
+        expected_miss,
+        propose,
+        verify_until_close,
+    )
 
     if args.target_acc is not None and not 0.0 <= args.target_acc <= 1.0:
         raise UserError(f"--target-acc {args.target_acc} must be an accuracy in [0, 1]")
@@ -996,6 +1018,8 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("give --target-acc X, or --hw H --budget METRIC=V, or both")
     if args.n < 1 or args.top < 1:
         raise UserError("--n and --top must be at least 1")
+    if args.verify_rounds < 1 or not 0.0 <= args.tolerance <= 1.0:
+        raise UserError("--verify-rounds must be at least 1 and --tolerance in [0, 1]")
     exp, layers = _static_layers(args)
     choices = exp.quant.bit_choices
     names = [layer.name for layer in layers]
@@ -1011,29 +1035,8 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
     else:
         proposals = propose(loaded, layers, args.target_acc, args.n, args.top, exp.seed, hw, budget)
     generate_s = time.perf_counter() - start
-    verified = _verified_fidelity(_checkpoint_path(args, exp).with_name("fidelity.parquet"))
-    out_props = []
-    for p in proposals:
-        out_props.append(
-            {
-                "config_hash": p.config.hash,
-                **p.config.to_dict(),
-                "target_acc": p.target_acc,
-                "predicted_acc": p.predicted_acc,
-                "predicted_std": p.predicted_std,
-                "expected_miss": expected_miss(verified, p.predicted_acc),
-                "cost": _costs([args.hw] if args.hw else [], layers, p.config, choices),
-                "within_budget": p.within_budget,
-            }
-        )
-    out: dict[str, Any] = {
-        "proposals": out_props,
-        "generate_s": generate_s,
-        "sampled": args.n,
-        "budget": None if budget is None else {"metric": budget.metric, "value": budget.value},
-        "fidelity_verified": len(verified),  # what expected_miss is measured on
-        "store_evidence": evidence,  # evaluations since training that the ranking also uses
-    }
+    checked: list[Verified] = []  # the returned proposals, verified
+    every: list[Verified] = []  # every verification this call made, in order
     if args.verify and proposals:
         with _evaluation_stack(args, exp) as stack:
             if stack.service.store.eval_key != loaded.eval_key:
@@ -1041,10 +1044,60 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
                     "the AQGAN checkpoint was trained on evaluations of another setup (seed, "
                     "preset or checkpoint); train it again for this one"
                 )
-            outcomes = stack.service.evaluate([p.config for p in proposals], source="aqgan")
-        for row, o in zip(out_props, outcomes, strict=True):
-            row["val_acc"], row["cached"] = o.val_acc, o.cached
-        out["verify_evaluations"] = len(outcomes)
+
+            def evaluate(configs: list) -> list[tuple[float, bool]]:
+                outcomes = stack.service.evaluate(configs, source="aqgan")
+                return [(o.val_acc, o.cached) for o in outcomes]
+
+            if args.target_acc is None:  # the most accurate that fit: verified once
+                measured = evaluate([p.config for p in proposals])
+                pairs = zip(proposals, measured, strict=True)
+                checked = [Verified(p, acc, cached, 1) for p, (acc, cached) in pairs]
+                every = checked
+            else:
+                checked, every = verify_until_close(
+                    loaded, layers, args.target_acc, args.n, args.top, exp.seed, evaluate,
+                    args.verify_rounds, args.tolerance, hw, budget,
+                )  # fmt: skip
+        proposals = [v.proposal for v in checked]
+    fidelity = _verified_fidelity(_checkpoint_path(args, exp).with_name("fidelity.parquet"))
+    out_props = []
+    for i, p in enumerate(proposals):
+        row = {
+            "config_hash": p.config.hash,
+            **p.config.to_dict(),
+            "target_acc": p.target_acc,
+            "predicted_acc": p.predicted_acc,
+            "predicted_std": p.predicted_std,
+            "expected_miss": expected_miss(fidelity, p.predicted_acc),
+            "cost": _costs([args.hw] if args.hw else [], layers, p.config, choices),
+            "within_budget": p.within_budget,
+        }
+        if checked:
+            row |= {"val_acc": checked[i].val_acc, "cached": checked[i].cached}
+            row["round"] = checked[i].round
+        out_props.append(row)
+    out: dict[str, Any] = {
+        "proposals": out_props,
+        "generate_s": generate_s,
+        "sampled": args.n,
+        "budget": None if budget is None else {"metric": budget.metric, "value": budget.value},
+        "fidelity_verified": len(fidelity),  # what expected_miss is measured on
+        "store_evidence": evidence,  # evaluations since training that the ranking also uses
+    }
+    if every:
+        out["verify_evaluations"] = len(every)
+        out["verify_rounds"] = max(v.round for v in every)
+        out["verified"] = [
+            {
+                "config_hash": v.proposal.config.hash,
+                "round": v.round,
+                "predicted_acc": v.proposal.predicted_acc,
+                "val_acc": v.val_acc,
+                "cached": v.cached,
+            }
+            for v in every
+        ]
     if not proposals:
         print("no proposal fits; raise the budget or lower the target", file=sys.stderr)
     if not args.json:
@@ -1060,6 +1113,9 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"{len(out_props)} proposals from {args.n} samples in {generate_s * 1000:.1f} ms{told}"
         )
+        if every:
+            rounds = out["verify_rounds"]
+            print(f"verified {len(every)} configs in {rounds} round(s); the nearest shown")
     return out
 
 

@@ -313,18 +313,26 @@ def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
     assert budgeted["proposals"] and all(p["within_budget"] for p in budgeted["proposals"])
     assert all(p["cost"]["bismo-edge"]["latency_ms"] <= limit for p in budgeted["proposals"])
 
-    verified = _inproc_ok(
-        inproc(
-            "generate", *base, "--target-acc", f"{target:.3f}", "--top", "2", "--verify", "--json"
-        )
-    )
-    assert verified["verify_evaluations"] == 2
-    assert all(0 <= p["val_acc"] <= 1 for p in verified["proposals"])
+    once = ("--target-acc", f"{target:.3f}", "--top", "2", "--verify", "--verify-rounds", "1")
+    verified = _inproc_ok(inproc("generate", *base, *once, "--json"))
+    assert verified["verify_evaluations"] == 2 and verified["verify_rounds"] == 1
+    assert all(0 <= p["val_acc"] <= 1 and p["round"] == 1 for p in verified["proposals"])
     fresh = sum(not p["cached"] for p in verified["proposals"])
     again = _inproc_ok(inproc("generate", *base[:4], "--target-acc", "0.5", "--top", "1", "--json"))
     assert again["store_evidence"] == out["store_evidence"] + fresh
     alone = ("--target-acc", "0.5", "--top", "1", "--checkpoint-only", "--json")
     assert _inproc_ok(inproc("generate", *base[:4], *alone))["store_evidence"] == 0
+
+    # Tolerance 0 is never met: every round runs, each verifies 2 configs not verified before,
+    # and the 2 nearest the target of all 6 are returned.
+    rounds = ("--target-acc", "0.5", "--top", "2", "--verify", "--tolerance", "0", "--json")
+    looped = _inproc_ok(inproc("generate", *base, *rounds))
+    every = looped["verified"]
+    assert looped["verify_rounds"] == 3 and looped["verify_evaluations"] == len(every) == 6
+    assert [v["round"] for v in every] == [1, 1, 2, 2, 3, 3]
+    assert len({v["config_hash"] for v in every}) == 6
+    nearest = sorted(abs(v["val_acc"] - 0.5) for v in every)[:2]
+    assert [abs(p["val_acc"] - 0.5) for p in looped["proposals"]] == nearest
 
 
 @pytest.mark.parametrize(
@@ -335,6 +343,7 @@ def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
         (["--hw", "size", "--budget", "latency_ms=1"], "does not provide latency_ms"),
         (["--target-acc", "0.8", "--model", "resnet18"], "trained for mobilenet_v2"),
         (["--budget", "size_bytes=0.5x"], "needs --hw"),
+        (["--target-acc", "0.8", "--verify-rounds", "0"], "--verify-rounds must be at least 1"),
     ],
 )
 def test_generate_bad_input(main_error, checkpointed, extra, fragment):
