@@ -9,7 +9,7 @@ import pytest
 from aqgan_ray import aqgan, gan
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.cost import get_hw_model, parse_budget
-from aqgan_ray.select import best_under_budget, expected_miss, propose
+from aqgan_ray.select import Verified, best_under_budget, breed, expected_miss, propose
 from aqgan_ray.store import EvaluationStore
 
 
@@ -76,3 +76,31 @@ def test_expected_miss_averages_the_verified_proposals_nearest_the_prediction():
     assert expected_miss(verified, 0.45, k=2) == pytest.approx(0.02)
     assert expected_miss(verified, 0.3, k=2) == pytest.approx(0.03)  # 0.2's two
     assert expected_miss([], 0.5) is None
+
+
+def test_bred_configs_mix_the_nearest_below_and_above_the_target(loaded, smoke):
+    """Later verification rounds also rank configs bred from verified ones: crossovers when
+    the target is bracketed, one-step mutations when it is not."""
+    layers = smoke[1].layers
+    low, high = (
+        propose(loaded, layers, loaded.model.scaler.unscale(c), 100, 1, 0)[0] for c in (0.2, 0.9)
+    )
+    lut = {b: i for i, b in enumerate(loaded.bit_choices)}
+
+    def indices(p):
+        return np.array(
+            [[lut[w], lut[a]] for w, a in zip(p.config.w_bits, p.config.a_bits, strict=True)]
+        )
+
+    bracket = [Verified(low, 0.40, False, 1), Verified(high, 0.70, False, 1)]
+    children = breed(loaded, bracket, 0.55, 200, seed=0)
+    a, b = indices(low), indices(high)
+    assert children.shape == (200, *a.shape)
+    assert ((children == a) | (children == b)).all()
+    differ = a != b
+    assert differ.sum() > 10  # a 0.2 and a 0.9 target's configs differ in many layers
+    from_a = (children == a)[:, differ].mean(1)
+    assert 0.3 < from_a.mean() < 0.7 and from_a.std() > 0.1  # mixed, in varying shares
+
+    one_side = breed(loaded, bracket[:1], 0.55, 200, seed=0)
+    assert np.abs(one_side - a).max() == 1 and (one_side != a).mean() < 0.2
