@@ -62,14 +62,8 @@ def training_data(
 def _as_data(
     rows: Sequence[dict], layer_names: Sequence[str], bit_choices: Sequence[int]
 ) -> TrainingData:
-    lut = {int(b): i for i, b in enumerate(bit_choices)}
     try:
-        idx = torch.tensor(
-            [
-                [[lut[w], lut[a]] for w, a in zip(r["w_bits"], r["a_bits"], strict=True)]
-                for r in rows
-            ]
-        ).reshape(len(rows), -1, 2)
+        idx = torch.from_numpy(indices_of([(r["w_bits"], r["a_bits"]) for r in rows], bit_choices))
     except (KeyError, ValueError):
         idx = None
     if idx is None or idx.shape[1] != len(layer_names):
@@ -284,6 +278,17 @@ def with_evidence(loaded: Loaded, rows: Sequence[dict]) -> tuple[Loaded, int]:
     before = len(model.residual.x)
     model = model.with_evidence(x, data.acc)
     return replace(loaded, model=model), len(model.residual.x) - before
+
+
+def indices_of(
+    bits: Sequence[tuple[Sequence[int], Sequence[int]]], bit_choices: Sequence[int]
+) -> np.ndarray:
+    """(weight bits, activation bits) per config -> choice indices [n, L, 2], the inverse of
+    ``configs_of``. Raises KeyError for a bitwidth not in ``bit_choices`` and ValueError for
+    configs of different lengths."""
+    lut = {int(b): i for i, b in enumerate(bit_choices)}
+    out = [[[lut[w], lut[a]] for w, a in zip(wb, ab, strict=True)] for wb, ab in bits]
+    return np.array(out, dtype=np.int64).reshape(len(out), -1, 2) if out else np.empty((0, 0, 2))
 
 
 def configs_of(idx: np.ndarray, layer_names: Sequence[str], bit_choices: Sequence[int]):

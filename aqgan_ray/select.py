@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from aqgan_ray import gan
-from aqgan_ray.aqgan import Loaded, configs_of, with_evidence
+from aqgan_ray.aqgan import Loaded, configs_of, indices_of, with_evidence
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.cost import Budget, CostModel, within_budget
 from aqgan_ray.layers import Layer
@@ -132,17 +132,19 @@ def breed(
     """``n`` configs (choice indices [n, L, 2]) bred from verified ones: uniform crossovers of
     the two nearest below the target with the two nearest above it (each child takes every
     layer's weight and activation choice from one parent, the share from the first parent
-    drawn per child), or, with nothing verified on one side, the two nearest mutated (each
-    choice moved one step with probability 0.1)."""
+    drawn per child), or, with everything verified on one side, the two nearest mutated towards
+    the target: choices moved one step up (all landed below) or down (all above), each with a
+    probability drawn per child from 0.01-0.15, so that small and large moves compete in the
+    ranking (smoke, seed 1: proposals for 0.80 landed at 0.84-0.86 in three rounds when
+    mutations went either way)."""
     rng = np.random.default_rng(seed)
-    lut = {int(b): i for i, b in enumerate(loaded.bit_choices)}
-
-    def indices(v: Verified) -> np.ndarray:
-        c = v.proposal.config
-        return np.array([[lut[w], lut[a]] for w, a in zip(c.w_bits, c.a_bits, strict=True)])
 
     def nearest(side: list[Verified]) -> list[np.ndarray]:
-        return [indices(v) for v in sorted(side, key=lambda v: abs(v.val_acc - target_acc))[:2]]
+        near = sorted(side, key=lambda v: abs(v.val_acc - target_acc))[:2]
+        return list(
+            indices_of([(v.proposal.config.w_bits, v.proposal.config.a_bits) for v in near],
+                       loaded.bit_choices)
+        )  # fmt: skip
 
     below = nearest([v for v in done if v.val_acc < target_acc])
     above = nearest([v for v in done if v.val_acc >= target_acc])
@@ -154,7 +156,9 @@ def breed(
         share = rng.uniform(0.1, 0.9, (n, 1, 1))
         return np.where(rng.random(first.shape) < share, first, second)
     parents = np.stack([(below or above)[i] for i in rng.integers(0, len(below or above), n)])
-    step = rng.choice([-1, 1], parents.shape) * (rng.random(parents.shape) < 0.1)
+    towards = 1 if below else -1
+    rate = rng.uniform(0.01, 0.15, (n, 1, 1))
+    step = towards * (rng.random(parents.shape) < rate)
     return np.clip(parents + step, 0, len(loaded.bit_choices) - 1)
 
 
