@@ -344,6 +344,7 @@ def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
         (["--target-acc", "0.8", "--model", "resnet18"], "trained for mobilenet_v2"),
         (["--budget", "size_bytes=0.5x"], "needs --hw"),
         (["--target-acc", "0.8", "--verify-rounds", "0"], "--verify-rounds must be at least 1"),
+        (["--target-acc", "0.8", "--tolerance", "-0.1"], "--tolerance -0.1 must be"),
     ],
 )
 def test_generate_bad_input(main_error, checkpointed, extra, fragment):
