@@ -102,7 +102,5 @@ def test_bred_configs_mix_the_nearest_below_and_above_the_target(loaded, smoke):
     from_a = (children == a)[:, differ].mean(1)
     assert 0.3 < from_a.mean() < 0.7 and from_a.std() > 0.1  # mixed, in varying shares
 
-    below = breed(loaded, bracket[:1], 0.55, 200, seed=0)  # all landed below: more bits
-    assert set(np.unique(below - a)) == {0, 1} and (below != a).mean() < 0.2
-    above = breed(loaded, bracket[1:], 0.55, 200, seed=0)
-    assert set(np.unique(above - b)) == {-1, 0}
+    one_side = breed(loaded, bracket[:1], 0.55, 200, seed=0)
+    assert np.abs(one_side - a).max() == 1 and 0 < (one_side != a).mean() < 0.2
