@@ -334,6 +334,16 @@ def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
     nearest = sorted(abs(v["val_acc"] - 0.5) for v in every)[:2]
     assert [abs(p["val_acc"] - 0.5) for p in looped["proposals"]] == nearest
 
+    # Trained again without refinement: the logged round is not counted, and the configs it
+    # evaluated, still in the store, are not trained on (everything else is).
+    again = _inproc_ok(
+        inproc("train", *base, "--steps", "20", "--fidelity-targets", "0",
+               "--refine-rounds", "0", "--json")
+    )  # fmt: skip
+    store = pd.read_parquet(collected / "smoke" / "evaluations")
+    assert again["refine_evaluations"] == 0 and again["refine"] == []
+    assert again["store_configs"] == (store["source"] != "refine").sum()
+
 
 @pytest.mark.parametrize(
     ("extra", "fragment"),
