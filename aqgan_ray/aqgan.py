@@ -288,7 +288,11 @@ def indices_of(
     configs of different lengths."""
     lut = {int(b): i for i, b in enumerate(bit_choices)}
     out = [[[lut[w], lut[a]] for w, a in zip(wb, ab, strict=True)] for wb, ab in bits]
-    return np.array(out, dtype=np.int64).reshape(len(out), -1, 2) if out else np.empty((0, 0, 2))
+    return (
+        np.array(out, dtype=np.int64).reshape(len(out), -1, 2)
+        if out
+        else np.empty((0, 0, 2), np.int64)
+    )
 
 
 def configs_of(idx: np.ndarray, layer_names: Sequence[str], bit_choices: Sequence[int]):

@@ -843,10 +843,8 @@ def _train_stage(stack: _Stack, spec_in, run_dir: Path) -> dict[str, Any]:
         current = aqgan.Loaded(model, spec, tuple(names), tuple(choices), store.eval_key, {})
         model, refine_log, waited = _refine_stage(stack, current, spec_in, run_dir)
     train_s = time.perf_counter() - start - waited  # evaluations are counted on their own
-    # What this model used: the rounds asked for (a longer earlier run's log stays on disk for
-    # a later `train` to replay) and the configs its ranker was fitted on (the store can hold
-    # refinement configs of rounds not asked for now, which training leaves out).
-    refine_log = [row for row in refine_log if int(row["round"]) < spec_in.refine_rounds]
+    # The configs its ranker was fitted on: the store can hold refinement configs of rounds
+    # not asked for now, which training leaves out.
     trained_on = len(model.residual.x)
     # The old checkpoint's fidelity must not outlive it: `run` would take it as this one's.
     (run_dir / "fidelity.parquet").unlink(missing_ok=True)
@@ -951,7 +949,8 @@ def _refine_stage(stack: _Stack, loaded, spec_in, run_dir: Path):
         model = refine(
             loaded, spec_in.refine_rounds, spec_in.refine_targets, data_of, evaluate, log, on_round
         )
-    return model, log, waited
+    # The rounds asked for: a longer earlier run's log stays on disk for a later `train`.
+    return model, [row for row in log if int(row["round"]) < spec_in.refine_rounds], waited
 
 
 def _train_text(out: dict[str, Any]) -> None:

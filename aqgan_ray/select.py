@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from aqgan_ray import gan
-from aqgan_ray.aqgan import Loaded, configs_of, indices_of, with_evidence
+from aqgan_ray.aqgan import Loaded, configs_of, indices_of
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.cost import Budget, CostModel, within_budget
 from aqgan_ray.layers import Layer
@@ -159,17 +159,11 @@ def breed(
 
 
 def _told(loaded: Loaded, proposals: Sequence[Proposal], accs: Sequence[float]) -> Loaded:
-    """``loaded`` with these measurements added to its ranker, as stored rows would be."""
-    rows = [
-        {
-            "eval_key": loaded.eval_key,
-            "config_hash": p.config.hash,
-            "val_acc": acc,
-            **p.config.to_dict(),
-        }
-        for p, acc in zip(proposals, accs, strict=True)
-    ]
-    return with_evidence(loaded, rows)[0]
+    """``loaded`` with these measurements added to its ranker (``TrainedGan.with_evidence``)."""
+    bits = [(p.config.w_bits, p.config.a_bits) for p in proposals]
+    x = gan.one_hot(torch.from_numpy(indices_of(bits, loaded.bit_choices)), len(loaded.bit_choices))
+    model = loaded.model.with_evidence(x, torch.tensor(accs, dtype=torch.float32))
+    return replace(loaded, model=model)
 
 
 def best_under_budget(
