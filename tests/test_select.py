@@ -79,8 +79,9 @@ def test_expected_miss_averages_the_verified_proposals_nearest_the_prediction():
 
 
 def test_bred_configs_mix_the_nearest_below_and_above_the_target(loaded, smoke):
-    """Later verification rounds also rank configs bred from verified ones: crossovers when
-    the target is bracketed, one-step mutations when it is not."""
+    """Later verification rounds also rank configs bred from verified ones: with the target
+    bracketed, crossovers of the nearest below and above plus one-step mutations of the
+    nearest; with everything on one side, one-step mutations."""
     layers = smoke[1].layers
     low, high = (
         propose(loaded, layers, loaded.model.scaler.unscale(c), 100, 1, 0)[0] for c in (0.2, 0.9)
@@ -92,15 +93,18 @@ def test_bred_configs_mix_the_nearest_below_and_above_the_target(loaded, smoke):
             [[lut[w], lut[a]] for w, a in zip(p.config.w_bits, p.config.a_bits, strict=True)]
         )
 
-    bracket = [Verified(low, 0.40, False, 1), Verified(high, 0.70, False, 1)]
+    bracket = [Verified(low, 0.40, False, 1), Verified(high, 0.68, False, 1)]  # high nearer
     children = breed(loaded, bracket, 0.55, 200, seed=0)
     a, b = indices(low), indices(high)
     assert children.shape == (200, *a.shape)
-    assert ((children == a) | (children == b)).all()
+    crossed, mutated = children[:100], children[100:]
+    assert ((crossed == a) | (crossed == b)).all()
     differ = a != b
     assert differ.sum() > 10  # a 0.2 and a 0.9 target's configs differ in many layers
-    from_a = (children == a)[:, differ].mean(1)
+    from_a = (crossed == a)[:, differ].mean(1)
     assert 0.3 < from_a.mean() < 0.7 and from_a.std() > 0.1  # mixed, in varying shares
+    assert np.abs(mutated - b).max() == 1 and 0 < (mutated != b).mean() < 0.2
 
     one_side = breed(loaded, bracket[:1], 0.55, 200, seed=0)
     assert np.abs(one_side - a).max() == 1 and 0 < (one_side != a).mean() < 0.2
+    assert breed(loaded, bracket, 0.55, 1, seed=0).shape == (1, *a.shape)  # --n 1
