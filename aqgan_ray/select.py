@@ -98,7 +98,7 @@ def verify_until_close(
     target, every verification in order); every one of them is charged.
 
     Why: a proposal's miss is systematic (the five best-ranked for a target land together, a
-    few points off, README "AQGAN fidelity"), so the next guess should come from a ranker that
+    few points off: docs/fidelity-history.md), so the next guess should come from a ranker that
     has seen the miss (``TrainedGan.with_evidence``: milliseconds), not from the same ranking.
     Later rounds also rank configs bred from the verified ones nearest the target
     (``breed``): on the steep part of the accuracy curve the generator's samples can cluster on
@@ -221,7 +221,7 @@ def expected_miss(verified: Sequence[tuple[float, float]], acc: float, k: int = 
     the ``k`` verified proposals (``(target, achieved)`` pairs from ``fidelity.parquet``) whose
     targets lie nearest ``acc``; None without any. The ranker's own std is a model's belief; this
     is what verification measured (the ensemble's spread, the std before the residual GP, stayed
-    near 0.01 on misses of 10-15 points: README, "AQGAN fidelity")."""
+    near 0.01 on misses of 10-15 points: docs/fidelity-history.md)."""
     if not verified:
         return None
     pairs = np.asarray(verified, dtype=np.float64)

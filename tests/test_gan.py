@@ -103,7 +103,8 @@ def test_too_small_a_store_is_refused(collected, smoke):
 
 def test_the_residual_gp_is_sklearns_posterior_and_knows_where_it_has_data(data, smoke):
     """The torch posterior stored in checkpoints equals scikit-learn's; its std is small at the
-    store's configs and large far from them (the ensemble's spread is not: README)."""
+    store's configs and large far from them (the ensemble's spread is not:
+    docs/fidelity-history.md)."""
     choices = smoke[0].quant.bit_choices
     x = gan.one_hot(data.idx, len(choices))
     power = gan.noise_power(choices)
