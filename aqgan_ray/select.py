@@ -142,7 +142,7 @@ def breed(
     children of 0.553-0.555 and 0.67-0.70 parents landed at 0.554-0.561), while the nearest
     verified config's neighbours stay near its accuracy (its mutations, from 0.593, landed at
     0.584-0.594). On that preset's five-target grid crossovers only measured 1.1 points against
-    0.79 with the mix; over four grids (two presets, two smoke setups) 0.93 against 0.90
+    0.79 with the mix; over four grids (two default, two smoke setups) 0.93 against 0.90
     (README). Mutating only towards the target (up when all landed below, down when above,
     rates drawn per child) measured no better."""
     rng = np.random.default_rng(seed)
