@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXPERIMENT ?= default
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data run test lint bench
+.PHONY: setup data run test test-fast lint bench
 
 setup: $(STAMP) data
 
@@ -37,8 +37,13 @@ data:
 run: setup
 	$(BIN)/aqgan-ray run --experiment $(EXPERIMENT)
 
+# Everything: the real trained model, the loopback Ray cluster, the command line end to end.
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The inner loop: no Ray, no model training (tests/conftest.py sets the markers).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not ray and not slow"
 
 lint: setup
 	$(BIN)/ruff check aqgan_ray baselines tests

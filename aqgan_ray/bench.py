@@ -102,7 +102,7 @@ def bench_scaling(
     loop runs with as many torch threads as one actor gets, so ``ray_overhead`` compares like
     with like: what the actor, the object store and ``ray.wait`` add per evaluation.
     """
-    from aqgan_ray.pool import EvaluatorPool, PoolSpec, connect
+    from aqgan_ray.pools.ray_actors import EvaluatorPool, PoolSpec, connect
 
     warm, *configs = _random_configs(prepared, n_configs + 1)
     val = (splits.val_x, splits.val_y)
@@ -169,8 +169,8 @@ def bench_generate(
 ) -> dict[str, Any]:
     """Generating and selecting ``n`` proposals (priced on BISMO-edge under a latency budget),
     with the model loaded, against one real evaluation of a config on the validation split."""
+    from aqgan_ray.aqgan.generate import Query, propose
     from aqgan_ray.cost import get_hw_model, parse_budget
-    from aqgan_ray.select import propose
 
     layers = prepared.layers
     choices = prepared.experiment.quant.bit_choices
@@ -179,7 +179,7 @@ def bench_generate(
     target = float(loaded.model.scaler.unscale(0.9))
     seeds = iter(range(10_000))
     generate_s = _median_time(
-        lambda: propose(loaded, layers, target, n, 5, next(seeds), hw, budget), repeats
+        lambda: propose(loaded, layers, Query(target, hw, budget, n, 5, next(seeds))), repeats
     )
     evaluator = Evaluator(prepared, val=(splits.val_x, splits.val_y), compile=False)
     configs = iter(_random_configs(prepared, repeats + 1))
@@ -193,3 +193,17 @@ def bench_generate(
         "one_evaluation_s": eval_s,
         "evaluations_per_generation": eval_s / generate_s,
     }
+
+
+def run_bench(session, name: str, repeats: int = 5, configs: int = 24) -> dict[str, Any]:
+    """``aqgan-ray bench NAME`` on a session's experiment: ``eval``, ``scaling`` or ``generate``."""
+    if name == "scaling":
+        from aqgan_ray.pools.ray_actors import connect
+
+        connect(session.address)  # an unreachable cluster fails before the base model trains
+        return bench_scaling(session.prepared, session.splits, configs, session.address,
+                             session.cpus_per_worker)  # fmt: skip
+    if name == "generate":
+        loaded = session.generator(checkpoint_only=True).loaded
+        return bench_generate(loaded, session.prepared, session.splits, repeats=repeats)
+    return bench_eval(session.prepared, session.splits, repeats=repeats)

@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from aqgan_ray.data import Splits, load_splits
+from aqgan_ray.atomic import write_atomic
+from aqgan_ray.base_model import accuracy, train_model
+from aqgan_ray.data import DATASET_SHAPES, Splits, load_splits
 from aqgan_ray.errors import UserError
 from aqgan_ray.layers import Layer, layer_table
 from aqgan_ray.models import build_model, check_folding, fold_batchnorm, pretrained_weights_file
 from aqgan_ray.quant import Calibration, calibrate
 from aqgan_ray.settings import Experiment
-from aqgan_ray.train import accuracy, train_model
 
 FORMAT_VERSION = 1
 
@@ -76,10 +77,7 @@ def _key(obj: Any) -> str:
 
 
 def _save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
 def _load(path: Path, what: str) -> dict:
@@ -215,3 +213,10 @@ def prepare(
         checkpoint=str(ckpt),
     )
     return prepared, splits
+
+
+def architecture_layers(exp: Experiment) -> list[Layer]:
+    """The layer table from the architecture alone: pricing a config, or checking one, needs no
+    trained model (the trained model's table is the same; ``prepare`` checks it)."""
+    shape, classes = DATASET_SHAPES[exp.data.name]  # DataSpec checked the name
+    return layer_table(build_model(exp.model.name, classes, shape, exp.model.width), shape)

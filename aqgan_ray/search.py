@@ -18,7 +18,6 @@ random state (all of ours do) then continues exactly as an uninterrupted run wou
 from __future__ import annotations
 
 import math
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from aqgan_ray.atomic import write_atomic
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.cost import Budget, CostModel, within_budget
 from aqgan_ray.errors import UserError
@@ -201,25 +201,14 @@ def run_search(
 def _save_checkpoint(
     path: Path, identity: dict[str, Any], trace: list[dict[str, Any]], proposer: Proposer
 ) -> None:
-    """One file, written to a temporary name, fsynced and renamed: an interrupted save leaves
-    the previous checkpoint whole."""
+    """One file, written atomically: an interrupted save leaves the previous checkpoint whole."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "identity": identity,
         "trace": trace,
         "proposer": proposer.state_dict(),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write the search checkpoint {path} ({exc.strerror})") from None
+    write_atomic(path, lambda fh: torch.save(state, fh))
 
 
 def read_identity(run_dir: Path) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from aqgan_ray.config import QuantConfig
-from aqgan_ray.pool import Evaluated, EvaluatorPool
+from aqgan_ray.pools.base import Evaluated, Pool
 from aqgan_ray.store import EvaluationStore
 
 
@@ -27,18 +27,20 @@ class Outcome:
 
 
 class EvaluationService:
-    """``pool`` is an evaluator pool, or a function making one: then the actors start only
-    when a config misses the store, and a run answered from the store starts none."""
+    """``pool`` is an evaluator pool (``pools.Pool``), or a function making one: then the
+    evaluators start only when a config misses the store, and a run answered from the store
+    starts none."""
 
-    def __init__(self, store: EvaluationStore, pool: EvaluatorPool | Callable[[], EvaluatorPool]):
+    def __init__(self, store: EvaluationStore, pool: Pool | Callable[[], Pool]):
         self.store = store
-        self._pool = pool if isinstance(pool, EvaluatorPool) else None
-        self._make_pool = None if isinstance(pool, EvaluatorPool) else pool
+        given = isinstance(pool, Pool)
+        self._pool: Pool | None = pool if given else None
+        self._make_pool = None if given else pool
         self.evaluated = 0  # evaluations run by this service (cache misses)
         self.requested = 0
 
     @property
-    def pool(self) -> EvaluatorPool:
+    def pool(self) -> Pool:
         if self._pool is None:
             self._pool = self._make_pool()
         return self._pool

@@ -15,11 +15,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from aqgan_ray.base_model import TrainSpec
 from aqgan_ray.config import DEFAULT_BIT_CHOICES, validate_choices
 from aqgan_ray.data import DataSpec
 from aqgan_ray.errors import UserError
 from aqgan_ray.models import canonical_name
-from aqgan_ray.train import TrainSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -239,7 +239,10 @@ def load_experiment(
     seed: int | None = None,
     data_dir: str | None = None,
 ) -> Experiment:
-    """A preset by name, or a preset file, with command-line overrides applied."""
+    """A preset by name (``load_experiment("smoke")``), or a preset file
+    (``load_experiment(path="my.toml")``), with overrides applied."""
+    if name is not None and path is not None:
+        raise UserError("give a preset name (--experiment) or a preset file (--config), not both")
     if path is not None:
         file = Path(path)
         if not file.is_file():

@@ -6,8 +6,9 @@ Two kinds of files:
 - ``EvaluationStore``: the evaluation store under ``results/<experiment>/evaluations/``, one row
   per evaluation, grown by appending uniquely named part files.
 
-Every write is atomic (temporary file in the same directory, then rename), so a reader never
-sees a half-written file and an interrupted write leaves what was there intact. Part files are
+Every write is atomic (``atomic.write_atomic``: a temporary file in the same directory, synced,
+then renamed), so a reader never sees a half-written file and an interrupted write leaves what
+was there intact. Part files are
 never rewritten in place: several drivers may append to one store at once, and a reader merges
 the parts and keeps the first evaluation of each config hash.
 """
@@ -27,6 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aqgan_ray.atomic import write_atomic
 from aqgan_ray.errors import UserError
 
 # Bump when a column changes meaning or type; a store of another version is refused, not guessed.
@@ -110,17 +112,7 @@ def read_frame(path: Path):
 
 
 def _write_atomic(table: pa.Table, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:  # the rename must not publish bytes still in the page cache
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path} ({exc.strerror}); choose a writable path") from None
-    return path
+    return write_atomic(path, lambda fh: pq.write_table(table, fh))
 
 
 @dataclass(frozen=True)

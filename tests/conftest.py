@@ -1,5 +1,11 @@
 """Shared fixtures: one real smoke-preset preparation (a trained tiny MobileNetV2 on a
-Fashion-MNIST subset) per test session, in a private cache directory."""
+Fashion-MNIST subset) per test session, in a private cache directory; a real two-node Ray
+cluster on loopback; a synthetic store for AQGAN's logic.
+
+Tiers, by the fixtures a test uses (``pytest_collection_modifyitems``): ``ray`` (it starts or
+joins Ray) and ``slow`` (it trains the base model or runs the command line in subprocesses).
+``make test-fast`` runs the rest: ``pytest -m "not ray and not slow"``.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,20 @@ from aqgan_ray.settings import load_experiment
 # (``ray start``, the CLI) inherit them. A session token keeps tests away from ~/.ray.
 RAY_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
 os.environ.update(RAY_AUTH)
+
+
+# Fixtures that put a test in a tier; `item.fixturenames` holds those a test uses indirectly too.
+RAY_FIXTURES = {"ray_cluster", "cli"}  # the CLI's commands start an embedded Ray
+SLOW_FIXTURES = {"smoke", "cli", "ray_cluster"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & RAY_FIXTURES:
+            item.add_marker(pytest.mark.ray)
+        if used & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +95,7 @@ def ray_cluster():
     join with ``--address``, all with the session's ``RAY_AUTH_TOKEN``. Each ``ray start`` runs in a
     session of its own, so teardown kills exactly this cluster's processes.
     """
-    from aqgan_ray import pool
+    from aqgan_ray.pools import ray_actors as pool
 
     ray_bin = str(Path(sys.executable).with_name("ray"))
     port = _free_port()
@@ -116,7 +136,7 @@ def collected(ray_cluster, smoke, tmp_path_factory: pytest.TempPathFactory) -> P
     loopback cluster; AQGAN tests train on it. Returns the ``--results`` directory."""
     from aqgan_ray.collect import collect
     from aqgan_ray.evaluate import evaluation_key
-    from aqgan_ray.pool import EvaluatorPool, PoolSpec
+    from aqgan_ray.pools.ray_actors import EvaluatorPool, PoolSpec
     from aqgan_ray.service import EvaluationService
     from aqgan_ray.store import EvaluationStore
 
@@ -148,6 +168,61 @@ def smoke_layers():
 
     shape, classes = DATASET_SHAPES["fashion-mnist"]
     return layer_table(build_model("mobilenet_v2", classes, shape, 0.35), shape)
+
+
+class SyntheticStore:
+    """Store-shaped rows for the smoke layer table without training or evaluating anything: the
+    configs are drawn by the real collection sampler and scored by a fixed accuracy function
+    that behaves like the real one (each layer has its own sensitivity, quantization noise falls
+    4x per extra bit, accuracy falls from 0.85 to chance 0.10 along a sigmoid in the summed
+    noise; uniform 8, 4, 3, 2 bits give 0.83, 0.80, 0.31, 0.10). For unit tests of AQGAN's
+    logic, which is what they test, not the evaluator."""
+
+    def __init__(self, layers, choices, seed: int = 0):
+        import numpy as np
+
+        self.layers = tuple(layers)
+        self.names = tuple(layer.name for layer in layers)
+        self.choices = tuple(choices)
+        sens = np.random.default_rng(seed).lognormal(0.0, 1.0, len(layers))
+        self._sens = sens / sens.sum()
+
+    def accuracy(self, config) -> float:
+        import numpy as np
+
+        w, a = np.asarray(config.w_bits), np.asarray(config.a_bits)
+        noise = float((self._sens * (4.0 ** -(w - 2) + 0.5 * 4.0 ** -(a - 2))).sum())
+        return 0.1 + 0.75 / (1.0 + np.exp((noise - 0.3) / 0.08))
+
+    def row(self, config, source: str = "collect") -> dict:
+        return {
+            "config_hash": config.hash,
+            "w_bits": list(config.w_bits),
+            "a_bits": list(config.a_bits),
+            "val_acc": self.accuracy(config),
+            "source": source,
+            "eval_key": "synthetic",
+        }
+
+    def rows(self, n: int, seed: int = 0) -> list[dict]:
+        """``n`` distinct configs as ``collect`` would draw them, with their accuracies."""
+        from aqgan_ray.sampling import CollectionSampler
+
+        sampler = CollectionSampler(self.names, self.choices, seed)
+        rows: dict[str, dict] = {}
+        while len(rows) < n:
+            config, _ = sampler.ask()
+            if config.hash not in rows:
+                rows[config.hash] = self.row(config)
+                sampler.tell(config, rows[config.hash]["val_acc"])
+        return list(rows.values())
+
+
+@pytest.fixture(scope="session")
+def synthetic(smoke_layers) -> SyntheticStore:
+    from aqgan_ray.config import DEFAULT_BIT_CHOICES
+
+    return SyntheticStore(smoke_layers, DEFAULT_BIT_CHOICES)
 
 
 @pytest.fixture(scope="session")

@@ -252,14 +252,17 @@ def test_bench_scaling_reports_side_by_side(cli, tmp_path, ray_cluster):
 @pytest.fixture(scope="module")
 def checkpointed(collected, smoke, tmp_path_factory):
     """A results directory holding only a quickly trained smoke AQGAN checkpoint."""
-    from aqgan_ray import aqgan, gan
+    from aqgan_ray.aqgan import checkpoint as aqgan
+    from aqgan_ray.aqgan import model as gan
+    from aqgan_ray.aqgan.data import training_data
+    from aqgan_ray.aqgan.fit import fit
     from aqgan_ray.store import EvaluationStore
 
     exp, prepared, _ = smoke
     names, choices = prepared.layer_names, exp.quant.bit_choices
     rows = EvaluationStore(collected / "smoke" / "evaluations", None).rows()
     spec = gan.GanSpec(steps=20, predictor_members=1, predictor_epochs=20)
-    model, metrics, _ = aqgan.fit(aqgan.training_data(rows, names, choices), choices, spec)
+    model, metrics, _ = fit(training_data(rows, names, choices), choices, spec)
     results = tmp_path_factory.mktemp("checkpointed")
     path = results / "smoke" / "aqgan.pt"
     aqgan.save_checkpoint(path, model, spec, names, choices, "k", metrics, aqgan.model_id(exp))

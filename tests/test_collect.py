@@ -13,7 +13,7 @@ import pytest
 from aqgan_ray.collect import collect
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.evaluate import evaluation_key
-from aqgan_ray.pool import EvaluatorPool, PoolSpec
+from aqgan_ray.pools.ray_actors import EvaluatorPool, PoolSpec
 from aqgan_ray.sampling import SamplerSpec
 from aqgan_ray.service import EvaluationService
 from aqgan_ray.store import EvaluationStore

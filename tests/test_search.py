@@ -99,7 +99,7 @@ def test_rng_state_round_trips_through_plain_values():
 @pytest.fixture(scope="module")
 def service(ray_cluster, smoke, tmp_path_factory):
     from aqgan_ray.evaluate import evaluation_key
-    from aqgan_ray.pool import EvaluatorPool, PoolSpec
+    from aqgan_ray.pools.ray_actors import EvaluatorPool, PoolSpec
     from aqgan_ray.service import EvaluationService
     from aqgan_ray.store import EvaluationStore
 
@@ -199,12 +199,16 @@ def test_baselines_find_a_config_within_budget_and_pay_for_cache_hits(
     method, service, smoke, smoke_point, tmp_path
 ):
     from aqgan_ray.search import run_search
-    from baselines import make
+    from baselines import METHODS, SearchSetup
 
-    fp = smoke[1].fp_val_acc
+    exp, prepared, _ = smoke
+    fp = prepared.fp_val_acc
+
+    def make(name, run_dir, batch=1):
+        return METHODS[name].build(SearchSetup(smoke_point, 0, run_dir, fp, batch, exp))
 
     def search(run_dir):
-        proposer = make(method, smoke_point, 0, run_dir, fp, batch=2)
+        proposer = make(method, run_dir, batch=2)
         return run_search(
             proposer, service, smoke_point, 4, run_dir, _identity(method, smoke_point), 2
         )
@@ -217,7 +221,7 @@ def test_baselines_find_a_config_within_budget_and_pay_for_cache_hits(
     if method == "random":
         assert len(first.trace) == 4
     else:  # widest fitting width first, one narrower each time, until a drop or the end
-        fitting = [c.w_bits[0] for c in make("uniform", smoke_point, 0, tmp_path, fp).candidates]
+        fitting = [c.w_bits[0] for c in make("uniform", tmp_path).candidates]
         widths = [r["w_bits"][0] for r in first.trace]
         assert widths == fitting[: len(widths)]
         assert all(a <= b for a, b in zip(accs[:-2], accs[1:-1], strict=True))

@@ -58,7 +58,7 @@ def test_every_shipped_preset_loads_and_its_design_points_are_feasible(name):
     """No data needed: the layer table comes from the architecture, and every budget must be
     above the cheapest config on every hardware model of the preset."""
     from aqgan_ray.data import DATASET_SHAPES
-    from aqgan_ray.experiment import design_points
+    from aqgan_ray.experiment.design import design_points
     from aqgan_ray.layers import layer_table
     from aqgan_ray.models import build_model
 

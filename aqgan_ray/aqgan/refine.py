@@ -10,7 +10,7 @@ it ranks. Refinement closes that loop the way a user would by hand:
    without its lowest 15%, as for the fidelity grid), one target at the centre of each cell. The
    centres sit between the fidelity grid's points, so fidelity is measured at targets refinement
    did not visit.
-2. For each target, the top proposals (``select.propose``, exactly what ``generate`` returns)
+2. For each target, the top proposals (``generate.propose``, exactly what ``generate`` returns)
    are evaluated through the same service as everything else (``source="refine"``): they land in
    the store, and every request, cache hits included, is charged to AQGAN's one-time cost.
 3. The generator and discriminator continue training from where they are, for a third of the
@@ -44,9 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from aqgan_ray import aqgan, gan
+from aqgan_ray.aqgan import model as gan
+from aqgan_ray.aqgan.checkpoint import Loaded
+from aqgan_ray.aqgan.data import TrainingData, band_start
+from aqgan_ray.aqgan.generate import Query, propose
 from aqgan_ray.config import QuantConfig
-from aqgan_ray.select import propose
 
 # A proposal this close to its target (accuracy units) needs no more evaluations there.
 TOLERANCE = 0.01
@@ -56,12 +58,12 @@ SAMPLES = 256
 
 def refinement_targets(lo: float, hi: float, n: int) -> np.ndarray:
     """Centres of ``n`` equal cells over the band targets are asked in."""
-    start = aqgan.band_start(lo, hi)
+    start = band_start(lo, hi)
     return start + (np.arange(n) + 0.5) / n * (hi - start)
 
 
 def continue_training(
-    model: gan.TrainedGan, data: aqgan.TrainingData, bit_values: Sequence[int], spec: gan.GanSpec,
+    model: gan.TrainedGan, data: TrainingData, bit_values: Sequence[int], spec: gan.GanSpec,
     round_: int,
 ) -> gan.TrainedGan:  # fmt: skip
     """The generator and discriminator trained further on the whole store, with a predictor
@@ -83,10 +85,10 @@ def training_rows(rows: Sequence[dict[str, Any]], kept: set[str]) -> list[dict[s
 
 
 def refine(
-    loaded: aqgan.Loaded,
+    loaded: Loaded,
     rounds: int,
     n_targets: int,
-    data_of: Callable[[set[str]], aqgan.TrainingData],
+    data_of: Callable[[set[str]], TrainingData],
     evaluate: Callable[[list[QuantConfig]], list[tuple[float, bool]]],
     log: list[dict[str, Any]],
     on_round: Callable[[int, list[dict[str, Any]], gan.TrainedGan], None],
@@ -116,7 +118,7 @@ def refine(
             if t_i in served:
                 continue
             seed = 5000 + 100 * r + t_i
-            for p in propose(current, (), float(target), SAMPLES, 1, seed):
+            for p in propose(current, (), Query(float(target), n=SAMPLES, top=1, seed=seed)):
                 asked.append(p.config)
                 meta.append((t_i, float(target), p.predicted_acc, p.predicted_std))
         if not asked:

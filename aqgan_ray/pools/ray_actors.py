@@ -1,4 +1,5 @@
-"""The distribution layer: evaluator actors on Ray. The only module that imports ``ray``.
+"""The distribution layer: evaluator actors on Ray, the package's one ``Pool`` that imports
+``ray`` (``aqgan.tune`` is the other Ray module: Ray Tune).
 
 - ``connect`` starts an embedded local Ray, or joins a cluster (``auto``, ``HOST:PORT``,
   ``ray://HOST:PORT``), failing fast with one line when the address cannot be reached.
@@ -31,6 +32,7 @@ from torch import Tensor
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.errors import UserError
 from aqgan_ray.evaluate import EvalResult, Evaluator
+from aqgan_ray.pools.base import Evaluated
 from aqgan_ray.prepare import Prepared
 
 # How long a cluster address may take to answer a TCP connection before we call it unreachable.
@@ -45,14 +47,6 @@ class PoolSpec:
     workers: int | None = None  # None: as many as the cluster's nodes can hold
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
-
-
-@dataclass(frozen=True)
-class Evaluated:
-    config: QuantConfig
-    result: EvalResult
-    node_id: str
-    worker_pid: int
 
 
 def _check_reachable(address: str) -> None:
@@ -106,6 +100,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict[str
     }
 
 
+def is_connected() -> bool:
+    return ray.is_initialized()
+
+
 def disconnect() -> None:
     if ray.is_initialized():
         ray.shutdown()
@@ -150,8 +148,9 @@ def _code_version() -> str:
     except PackageNotFoundError:
         release = "unknown"
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + path.read_bytes())
     return f"{release}+{digest.hexdigest()[:8]}"
 
 

@@ -1,5 +1,6 @@
-"""Active refinement on real evaluations of the smoke model (in-process evaluator): targets
-between the fidelity grid's, every proposal evaluated and logged, rounds resumed not redone."""
+"""Active refinement on a synthetic store of the smoke layer table (configs scored by the
+synthetic accuracy function): targets between the fidelity grid's, every proposal evaluated and
+logged, rounds resumed not redone."""
 
 from __future__ import annotations
 
@@ -7,48 +8,52 @@ import numpy as np
 import pytest
 import torch
 
-from aqgan_ray import aqgan, gan
-from aqgan_ray.evaluate import Evaluator
-from aqgan_ray.refine import TOLERANCE, refine, refinement_targets, summary, training_rows
-from aqgan_ray.store import EvaluationStore
+from aqgan_ray.aqgan import model as gan
+from aqgan_ray.aqgan.checkpoint import Loaded
+from aqgan_ray.aqgan.data import band_start, fidelity_targets, training_data
+from aqgan_ray.aqgan.fit import fit
+from aqgan_ray.aqgan.refine import (
+    TOLERANCE,
+    refine,
+    refinement_targets,
+    summary,
+    training_rows,
+)
 
 
 def test_refinement_targets_sit_between_the_fidelity_targets():
     lo, hi = 0.1, 0.9
-    fidelity = aqgan.fidelity_targets(lo, hi, 5)
+    fidelity = fidelity_targets(lo, hi, 5)
     refine_at = refinement_targets(lo, hi, 4)
     assert refine_at[0] > fidelity[0] and refine_at[-1] < fidelity[-1]
     assert not np.isin(refine_at, fidelity).any()
-    assert np.allclose(np.diff(refine_at), (hi - aqgan.band_start(lo, hi)) / 4)
+    assert np.allclose(np.diff(refine_at), (hi - band_start(lo, hi)) / 4)
 
 
 def _data(rows, kept, loaded):
-    """Training data as the CLI builds it for a round."""
-    return aqgan.training_data(training_rows(rows, kept), loaded.layer_names, loaded.bit_choices)
+    """Training data as ``aqgan.train`` builds it for a round."""
+    return training_data(training_rows(rows, kept), loaded.layer_names, loaded.bit_choices)
 
 
 @pytest.fixture(scope="module")
-def start(collected, smoke):
-    exp, prepared, splits = smoke
-    names, choices = prepared.layer_names, exp.quant.bit_choices
-    rows = EvaluationStore(collected / exp.name / "evaluations", None).rows()
+def start(synthetic):
+    names, choices = synthetic.names, synthetic.choices
+    rows = synthetic.rows(40)
     spec = gan.GanSpec(steps=60, predictor_members=2, predictor_epochs=200)
-    model, _, _ = aqgan.fit(aqgan.training_data(rows, names, choices), choices, spec)
-    return aqgan.Loaded(model, spec, names, tuple(choices), "k", {}), rows
+    model, _, _ = fit(training_data(rows, names, choices), choices, spec)
+    return Loaded(model, spec, names, tuple(choices), "k", {}), rows
 
 
-def test_refine_evaluates_learns_and_resumes(start, smoke):
-    exp, prepared, splits = smoke
+def test_refine_evaluates_learns_and_resumes(start, synthetic):
     loaded, rows = start
     rows = list(rows)
-    evaluator = Evaluator(prepared, (splits.val_x, splits.val_y), compile=False)
     asked, persisted = [], []
 
     def evaluate(configs):
         out = []
         for config in configs:
             asked.append(config.hash)
-            acc = evaluator.evaluate(config).val_acc
+            acc = synthetic.accuracy(config)
             rows.append({"config_hash": config.hash, "w_bits": config.w_bits,
                          "a_bits": config.a_bits, "val_acc": acc, "source": "refine"})  # fmt: skip
             out.append((acc, False))
@@ -80,13 +85,11 @@ def test_refine_evaluates_learns_and_resumes(start, smoke):
     assert {row["round"] for row in log[done:]} <= {2} and len(asked) == before + len(log) - done
 
 
-def test_a_resumed_refinement_ends_with_the_uninterrupted_model(start, smoke):
+def test_a_resumed_refinement_ends_with_the_uninterrupted_model(start, synthetic):
     """Interrupted after round 0 was written and after round 1's evaluations landed in the
     store (not yet in the log): resuming replays round 0's training on the store as it was
     then and gives the model of a run never interrupted."""
-    exp, prepared, splits = smoke
     loaded, base = start
-    evaluator = Evaluator(prepared, (splits.val_x, splits.val_y), compile=False)
     memo: dict[str, float] = {}
 
     def run(rounds, log, rows, stop_after_eval=None):
@@ -95,7 +98,7 @@ def test_a_resumed_refinement_ends_with_the_uninterrupted_model(start, smoke):
             for config in configs:
                 cached = any(r["config_hash"] == config.hash for r in rows)
                 if config.hash not in memo:
-                    memo[config.hash] = evaluator.evaluate(config).val_acc
+                    memo[config.hash] = synthetic.accuracy(config)
                 if not cached:
                     rows.append({"config_hash": config.hash, "w_bits": config.w_bits,
                                  "a_bits": config.a_bits, "val_acc": memo[config.hash],

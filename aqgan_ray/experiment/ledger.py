@@ -1,14 +1,14 @@
-"""The experiment runner's pieces: design points, one resumable search per (method, design point,
-seed), and the search-cost accounting. ``aqgan-ray run`` strings them together after collection
-and training; ``report.py`` turns the tables into a report.
+"""The search-cost ledger: what every method paid at every design point, and AQGAN's one-time
+cost shared by the points it served.
 
 Search cost (``search_cost.parquet``, one row per method, design point and seed):
 
 - ``evaluations``: every evaluation the method asked for at this point, cache hits included.
   For AQGAN, its marginal cost: the top proposals it verified.
 - ``amortized_evaluations``: for AQGAN, plus its one-time cost (the store's ``collect``
-  evaluations and the fidelity verification of ``train``) shared equally by the design points it
-  served; for the baselines, the same as ``evaluations`` (each search starts over).
+  evaluations, active refinement and the fidelity verification of ``train``) shared equally by
+  the design points it served; for the baselines, the same as ``evaluations`` (each search
+  starts over).
 - ``eval_cpu_s``: evaluator seconds of those evaluations (a cache hit costs what its stored
   evaluation took); ``wall_s``: the search's own wall seconds (summed over resumed runs);
   ``amortized_*``: plus AQGAN's share of the one-time evaluator seconds and training time.
@@ -19,103 +19,14 @@ Search cost (``search_cost.parquet``, one row per method, design point and seed)
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import math
-import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from aqgan_ray.cost import get_hw_model, parse_budget
-from aqgan_ray.errors import UserError
-from aqgan_ray.layers import Layer
-from aqgan_ray.search import DesignPoint, SearchResult, read_identity
-
-METHODS: tuple[str, ...] = ("aqgan", "uniform", "haq", "optuna", "random")
-# The methods that spend `baselines.evaluations` per point; they may run on a subset of points.
-SEARCHING: tuple[str, ...] = ("haq", "optuna", "random")
-
-
-@dataclass(frozen=True)
-class Planned:
-    """One design point and seed, with the names the tables use."""
-
-    hw_name: str
-    budget_text: str
-    point: DesignPoint
-    seed: int
-
-    @property
-    def fraction(self) -> float | None:
-        return self.point.budget.relative
-
-    def slug(self) -> str:
-        budget = self.point.budget
-        text = f"{self.hw_name}-{budget.metric}={budget.value:.6g}-seed{self.seed}"
-        return re.sub(r"[^A-Za-z0-9.=_-]+", "_", text)
-
-
-def design_points(exp, layers: Sequence[Layer]) -> list[Planned]:
-    """Every hardware model with every budget, for every seed; a budget that no config can meet
-    on some model is refused now, naming both."""
-    design, choices = exp.design, exp.quant.bit_choices
-    if not design.hw or not design.budgets or not design.seeds:
-        raise UserError("design.hw, design.budgets and design.seeds must each name at least one")
-    planned = []
-    for hw_name, budget_text in itertools.product(design.hw, design.budgets):
-        hw = get_hw_model(str(hw_name), layers, choices)
-        try:
-            budget = parse_budget(str(budget_text), hw, layers, min(choices))
-        except UserError as exc:
-            raise UserError(f"design point {hw_name} {budget_text}: {exc}") from None
-        point = DesignPoint(tuple(layers), tuple(choices), hw, budget)
-        planned += [Planned(str(hw_name), str(budget_text), point, int(s)) for s in design.seeds]
-    return planned
-
-
-def runs_on(method: str, planned: Planned, exp) -> bool:
-    """AQGAN and uniform run on every point; the searching baselines on the preset's subset."""
-    if method not in SEARCHING:
-        return True
-    design = exp.design
-    return (not design.search_hw or planned.hw_name in design.search_hw) and (
-        not design.search_budgets or planned.budget_text in design.search_budgets
-    )
-
-
-def search_dir(run_dir: Path, method: str, planned: Planned) -> Path:
-    """The folder ``baseline`` uses too: a search started by hand is continued by ``run``."""
-    return run_dir / "searches" / method / planned.slug()
-
-
-def identity(method: str, planned: Planned, eval_key: str, extra: dict | None = None) -> dict:
-    budget = planned.point.budget
-    return {
-        "method": method,
-        "hw": planned.point.hw.name,
-        "metric": budget.metric,
-        "budget": budget.value,
-        "seed": planned.seed,
-        "eval_key": eval_key,
-        "layers": list(planned.point.layer_names),
-        "bit_choices": list(planned.point.bit_choices),
-        **(extra or {}),
-    }
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-def discard_stale(folder: Path, wanted: dict) -> None:
-    """AQGAN's searches belong to one checkpoint: after retraining, their folders are
-    regenerated (their verifications come back from the store) instead of refused."""
-    stored = read_identity(folder)
-    if stored is not None and stored != wanted:
-        shutil.rmtree(folder)
+from aqgan_ray.experiment.design import Planned
+from aqgan_ray.search import SearchResult
+from baselines import METHODS
 
 
 @dataclass(frozen=True)
@@ -184,7 +95,7 @@ def cost_rows(
     }
     rows = []
     for (method, planned), result in sorted(
-        results.items(), key=lambda kv: (METHODS.index(kv[0][0]), _order(kv[0][1]))
+        results.items(), key=lambda kv: (list(METHODS).index(kv[0][0]), _order(kv[0][1]))
     ):
         trace, best = result.trace, result.best
         evaluations = len(trace)
@@ -248,12 +159,3 @@ def trace_rows(results: dict[tuple[str, Planned], SearchResult]) -> list[dict[st
                 }
             )
     return rows
-
-
-def experiment_fingerprint(exp_dict: dict[str, Any]) -> dict[str, Any]:
-    """What ties a results directory to an experiment: what its evaluations and model depend
-    on (not where the data lives). Design points, budgets and search lengths may change between
-    runs of one experiment: the store and every finished search stay valid."""
-    data = {k: v for k, v in exp_dict["data"].items() if k != "data_dir"}
-    keys = ("name", "seed", "model", "train", "quant", "eval")
-    return {"data": data, **{k: exp_dict[k] for k in keys}}

@@ -1,5 +1,6 @@
-"""AQGAN on real evaluations of the smoke model: seeded and reproducible, proposals valid and
-diverse, the predictor better than knowing only the mean, checkpoints safe and checked."""
+"""AQGAN's model on a synthetic store of the smoke layer table (no Ray, no training of the base
+model): seeded and reproducible, proposals valid and diverse, the predictor better than knowing
+only the mean, checkpoints safe and checked; and once on real evaluations of the smoke model."""
 
 from __future__ import annotations
 
@@ -11,28 +12,42 @@ import torch
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
-from aqgan_ray import aqgan, gan
+from aqgan_ray.aqgan import checkpoint as aqgan
+from aqgan_ray.aqgan import model as gan
+from aqgan_ray.aqgan.data import training_data
+from aqgan_ray.aqgan.fit import fit
 from aqgan_ray.errors import UserError
+from aqgan_ray.settings import load_experiment
 from aqgan_ray.store import EvaluationStore
 
 QUICK = gan.GanSpec(steps=150, predictor_members=2, predictor_epochs=300)
 
 
 @pytest.fixture(scope="module")
-def data(collected, smoke):
-    exp, prepared, _ = smoke
-    rows = EvaluationStore(collected / exp.name / "evaluations", None).rows()
-    return aqgan.training_data(rows, prepared.layer_names, exp.quant.bit_choices)
+def preset(synthetic):
+    """(experiment, layer names) of the smoke preset; the layer table is the architecture's."""
+    return load_experiment("smoke"), synthetic.names
 
 
 @pytest.fixture(scope="module")
-def trained(data, smoke):
-    exp = smoke[0]
-    return aqgan.fit(data, exp.quant.bit_choices, QUICK)
+def rows(synthetic):
+    return synthetic.rows(60)
 
 
-def test_training_is_seeded_and_reproducible(data, smoke, trained):
-    again, metrics, _ = aqgan.fit(data, smoke[0].quant.bit_choices, QUICK)
+@pytest.fixture(scope="module")
+def data(rows, preset):
+    exp, names = preset
+    return training_data(rows, names, exp.quant.bit_choices)
+
+
+@pytest.fixture(scope="module")
+def trained(data, preset):
+    exp = preset[0]
+    return fit(data, exp.quant.bit_choices, QUICK)
+
+
+def test_training_is_seeded_and_reproducible(data, preset, trained):
+    again, metrics, _ = fit(data, preset[0].quant.bit_choices, QUICK)
     first = trained[0]
     for a, b in zip(first.generator.parameters(), again.generator.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -41,9 +56,9 @@ def test_training_is_seeded_and_reproducible(data, smoke, trained):
     assert np.array_equal(one[0], two[0]) and metrics == trained[1]
 
 
-def test_proposals_are_valid_diverse_and_conditioned(trained, smoke):
+def test_proposals_are_valid_diverse_and_conditioned(trained, preset):
     model = trained[0]
-    k = len(smoke[0].quant.bit_choices)
+    k = len(preset[0].quant.bit_choices)
     lo, hi = model.scaler.lo, model.scaler.hi
     high, low = hi - 0.05 * (hi - lo), lo + 0.3 * (hi - lo)
     idx_hi, pred_hi, _ = gan.sample(model, high, 128, seed=0)
@@ -63,18 +78,31 @@ def test_predictor_beats_the_mean_on_held_out_configs(data, trained):
     assert set(metrics) >= {"heldout_mae", "cond_err", "objective", "top4_distinct"}
 
 
-def test_checkpoint_round_trip_is_weights_only_and_checked(tmp_path, trained, smoke):
-    exp, prepared, _ = smoke
+def test_on_real_evaluations_the_predictor_beats_the_mean(collected, synthetic):
+    """The same check on 40 real evaluations of the smoke model, collected on Ray."""
+    exp = load_experiment("smoke")
+    real = EvaluationStore(collected / exp.name / "evaluations", None).rows()
+    data = training_data(real, synthetic.names, exp.quant.bit_choices)  # the smoke layers
+    _, metrics, holdout = fit(data, exp.quant.bit_choices, QUICK)
+    train = np.setdiff1d(np.arange(len(data.acc)), holdout.numpy())
+    baseline = np.abs(data.acc[holdout].numpy() - data.acc[train].mean().item()).mean()
+    assert metrics["heldout_mae"] < baseline
+
+
+def test_checkpoint_round_trip_is_weights_only_and_checked(tmp_path, trained, preset, synthetic):
+    exp, names = preset
     model, metrics, _ = trained
-    names, choices = prepared.layer_names, exp.quant.bit_choices
+    choices = exp.quant.bit_choices
     path = aqgan.save_checkpoint(
-        tmp_path / "aqgan.pt", model, QUICK, names, choices, "key", metrics, aqgan.model_id(exp)
-    )
+        tmp_path / "aqgan.pt", model, QUICK, names, choices, "key", metrics, aqgan.model_id(exp),
+        synthetic.layers,
+    )  # fmt: skip
     torch.load(path, weights_only=True)  # plain tensors and containers only
     loaded = aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp))
     for a, b in zip(gan.sample(loaded.model, 0.8, 8, 1), gan.sample(model, 0.8, 8, 1), strict=True):
         assert np.array_equal(a, b)  # configs, predictions and their std (the residual GP's)
     assert loaded.eval_key == "key" and loaded.spec == QUICK
+    assert loaded.layers == synthetic.layers  # priced without the experiment: load_generator
     other = aqgan.model_id(replace(exp, model=replace(exp.model, width=1.0)))
     with pytest.raises(UserError, match="trained for mobilenet_v2 width 0.35"):
         aqgan.load_checkpoint(path, names, choices, other)
@@ -85,27 +113,25 @@ def test_checkpoint_round_trip_is_weights_only_and_checked(tmp_path, trained, sm
         aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp))
 
 
-def test_training_data_does_not_depend_on_the_stores_row_order(collected, smoke, data):
+def test_training_data_does_not_depend_on_the_stores_row_order(rows, preset, data):
     """Rows land in the store in evaluation completion order, which varies from run to run."""
-    exp, prepared, _ = smoke
-    rows = EvaluationStore(collected / exp.name / "evaluations", None).rows()
-    again = aqgan.training_data(rows[::-1], prepared.layer_names, exp.quant.bit_choices)
+    exp, names = preset
+    again = training_data(rows[::-1], names, exp.quant.bit_choices)
     assert torch.equal(again.idx, data.idx) and torch.equal(again.acc, data.acc)
     assert again.hashes == data.hashes == tuple(sorted(data.hashes))
 
 
-def test_too_small_a_store_is_refused(collected, smoke):
-    exp, prepared, _ = smoke
-    rows = EvaluationStore(collected / exp.name / "evaluations", None).rows()
+def test_too_small_a_store_is_refused(rows, preset):
+    exp, names = preset
     with pytest.raises(UserError, match="needs at least 30"):
-        aqgan.training_data(rows[:10], prepared.layer_names, exp.quant.bit_choices)
+        training_data(rows[:10], names, exp.quant.bit_choices)
 
 
-def test_the_residual_gp_is_sklearns_posterior_and_knows_where_it_has_data(data, smoke):
+def test_the_residual_gp_is_sklearns_posterior_and_knows_where_it_has_data(data, preset):
     """The torch posterior stored in checkpoints equals scikit-learn's; its std is small at the
     store's configs and large far from them (the ensemble's spread is not:
     docs/fidelity-history.md)."""
-    choices = smoke[0].quant.bit_choices
+    choices = preset[0].quant.bit_choices
     x = gan.one_hot(data.idx, len(choices))
     power = gan.noise_power(choices)
     feats = gan.noise_features(x, power)

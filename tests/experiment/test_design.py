@@ -9,15 +9,8 @@ import pytest
 
 from aqgan_ray.cost import get_hw_model, parse_budget
 from aqgan_ray.errors import UserError
-from aqgan_ray.experiment import (
-    Planned,
-    cost_rows,
-    design_points,
-    evaluations_to_match,
-    one_time_cost,
-    runs_on,
-    trace_rows,
-)
+from aqgan_ray.experiment.design import Planned, design_points, runs_on
+from aqgan_ray.experiment.ledger import cost_rows, evaluations_to_match, one_time_cost, trace_rows
 from aqgan_ray.search import DesignPoint, SearchResult
 from aqgan_ray.settings import load_experiment
 

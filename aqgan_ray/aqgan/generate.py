@@ -14,15 +14,40 @@ from typing import Any
 import numpy as np
 import torch
 
-from aqgan_ray import gan
-from aqgan_ray.aqgan import Loaded, configs_of, indices_of
+from aqgan_ray.aqgan import model as gan
+from aqgan_ray.aqgan.checkpoint import Loaded, told
+from aqgan_ray.aqgan.data import configs_of, indices_of
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.cost import Budget, CostModel, within_budget
+from aqgan_ray.errors import UserError
 from aqgan_ray.layers import Layer
 from aqgan_ray.search import DesignPoint, Proposer
 
 # Targets tried from high to low when only a budget is given.
 SWEEP_STEPS = 24
+
+
+@dataclass(frozen=True)
+class Query:
+    """What is asked of the trained generator: a target accuracy, a budget on a hardware
+    model, or both; ``n`` samples are drawn (per target) and the ``top`` best returned."""
+
+    target_acc: float | None = None  # None: the most accurate proposals that fit the budget
+    hw: CostModel | None = None
+    budget: Budget | None = None
+    n: int = 1000
+    top: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.target_acc is not None and not 0.0 <= self.target_acc <= 1.0:
+            raise UserError(f"target accuracy {self.target_acc} must be an accuracy in [0, 1]")
+        if self.budget is not None and self.hw is None:
+            raise UserError("a budget needs the hardware model it is priced on")
+        if self.target_acc is None and self.budget is None:
+            raise UserError("ask for a target accuracy, a budget on a hardware model, or both")
+        if self.n < 1 or self.top < 1:
+            raise UserError(f"n ({self.n}) and top ({self.top}) must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -44,27 +69,23 @@ def _unique(idx: np.ndarray) -> np.ndarray:
 def propose(
     loaded: Loaded,
     layers: Sequence[Layer],
-    target_acc: float,
-    n: int,
-    top: int,
-    seed: int,
-    hw: CostModel | None = None,
-    budget: Budget | None = None,
+    query: Query,
     exclude: frozenset[str] = frozenset(),
     extra: np.ndarray | None = None,
 ) -> list[Proposal]:
-    """Up to ``top`` distinct proposals for ``target_acc``, those over budget and those whose
-    hash is in ``exclude`` dropped, ranked by predicted distance to the target plus the ranker's
-    posterior std (``gan.TrainedGan``). ``extra`` (choice indices [m, L, 2]) joins the
-    generator's ``n`` samples as candidates."""
-    idx, pred, std = gan.sample(loaded.model, target_acc, n, seed)
+    """Up to ``query.top`` distinct proposals for ``query.target_acc``, those over budget and
+    those whose hash is in ``exclude`` dropped, ranked by predicted distance to the target plus
+    the ranker's posterior std (``model.TrainedGan``). ``extra`` (choice indices [m, L, 2])
+    joins the generator's ``query.n`` samples as candidates."""
+    target_acc, top = float(query.target_acc), query.top
+    idx, pred, std = gan.sample(loaded.model, target_acc, query.n, query.seed)
     if extra is not None and len(extra):
         more, more_std = gan.predict(loaded.model, torch.as_tensor(extra), len(loaded.bit_choices))
         idx = np.concatenate([idx, extra])
         pred, std = np.concatenate([pred, more]), np.concatenate([std, more_std])
     keep = _unique(idx)
     idx, pred, std = idx[keep], pred[keep], std[keep]
-    cost, fits = _price(loaded, layers, idx, hw, budget)
+    cost, fits = _price(loaded, layers, idx, query.hw, query.budget)
 
     def excluded(i: int) -> bool:
         # hashed lazily, best first: hashing all of a verification round's 2000 candidates
@@ -88,20 +109,16 @@ class Verified:
 def verify_until_close(
     loaded: Loaded,
     layers: Sequence[Layer],
-    target_acc: float,
-    n: int,
-    top: int,
-    seed: int,
+    query: Query,
     evaluate: Callable[[list[QuantConfig]], list[tuple[float, bool]]],
     rounds: int,
     tolerance: float,
-    hw: CostModel | None = None,
-    budget: Budget | None = None,
 ) -> tuple[list[Verified], list[Verified]]:
-    """Verify ``top`` proposals; while the ``top`` verified ones nearest the target are not
-    all within ``tolerance`` of it, tell the ranker what was measured and verify ``top`` new
-    proposals, for at most ``rounds`` rounds. Returns (the ``top`` verified configs nearest the
-    target, every verification in order); every one of them is charged.
+    """Verify ``top`` proposals for ``query``'s target; while the ``top`` verified ones
+    nearest the target are not all within ``tolerance`` of it, tell the ranker what was
+    measured and verify ``top`` new proposals, for at most ``rounds`` rounds. Returns (the
+    ``top`` verified configs nearest the target, every verification in order); every one of
+    them is charged.
 
     Why: a proposal's miss is systematic (the five best-ranked for a target land together, a
     few points off: docs/fidelity-history.md), so the next guess should come from a ranker that
@@ -113,13 +130,12 @@ def verify_until_close(
     a step, reaches in between.
     One round is the paper's flow: generate, then verify the few proposals returned.
     """
+    target_acc, top = float(query.target_acc), query.top
     done: list[Verified] = []
     for r in range(1, rounds + 1):
         seen = frozenset(v.proposal.config.hash for v in done)
-        extra = breed(loaded, done, target_acc, n, seed + r) if done else None
-        proposals = propose(
-            loaded, layers, target_acc, n, top, seed + r - 1, hw, budget, seen, extra
-        )
+        extra = breed(loaded, done, target_acc, query.n, query.seed + r) if done else None
+        proposals = propose(loaded, layers, replace(query, seed=query.seed + r - 1), seen, extra)
         if not proposals:
             break
         measured = evaluate([p.config for p in proposals])
@@ -129,7 +145,7 @@ def verify_until_close(
         if all(abs(v.val_acc - target_acc) <= tolerance for v in best) and len(best) == top:
             break
         if r < rounds:
-            loaded = _told(loaded, proposals, [acc for acc, _ in measured])
+            loaded = told(loaded, [p.config for p in proposals], [acc for acc, _ in measured])
     return sorted(done, key=lambda v: abs(v.val_acc - target_acc))[:top], done
 
 
@@ -179,32 +195,18 @@ def breed(
     return np.concatenate([crossed, mutated(nearest(list(done))[:1], n - m)])
 
 
-def _told(loaded: Loaded, proposals: Sequence[Proposal], accs: Sequence[float]) -> Loaded:
-    """``loaded`` with these measurements added to its ranker (``TrainedGan.with_evidence``)."""
-    bits = [(p.config.w_bits, p.config.a_bits) for p in proposals]
-    x = gan.one_hot(torch.from_numpy(indices_of(bits, loaded.bit_choices)), len(loaded.bit_choices))
-    model = loaded.model.with_evidence(x, torch.tensor(accs, dtype=torch.float32))
-    return replace(loaded, model=model)
-
-
-def best_under_budget(
-    loaded: Loaded,
-    layers: Sequence[Layer],
-    n: int,
-    top: int,
-    seed: int,
-    hw: CostModel,
-    budget: Budget,
-) -> list[Proposal]:
-    """The most accurate proposals that fit: targets swept from the highest accuracy the store
-    holds downwards, stopping once ``top`` distinct configs fit (the paper's HW-tuning flow)."""
+def best_under_budget(loaded: Loaded, layers: Sequence[Layer], query: Query) -> list[Proposal]:
+    """The most accurate proposals that fit ``query``'s budget: targets swept from the highest
+    accuracy the store holds downwards, stopping once ``top`` distinct configs fit (the
+    paper's HW-tuning flow). The query's target, if any, is not used."""
     lo, hi = loaded.model.scaler.lo, loaded.model.scaler.hi
+    top = query.top
     found: dict[bytes, tuple] = {}
     for step, target in enumerate(np.linspace(hi, lo, SWEEP_STEPS)):
-        idx, pred, std = gan.sample(loaded.model, float(target), n, seed + step)
+        idx, pred, std = gan.sample(loaded.model, float(target), query.n, query.seed + step)
         keep = _unique(idx)
         idx, pred, std = idx[keep], pred[keep], std[keep]
-        cost, fits = _price(loaded, layers, idx, hw, budget)
+        cost, fits = _price(loaded, layers, idx, query.hw, query.budget)
         for i in np.flatnonzero(fits):
             found.setdefault(idx[i].tobytes(), (idx[i], pred[i], std[i], cost[i], float(target)))
         if len(found) >= top:
@@ -283,15 +285,9 @@ class AqganSearch(Proposer):
         if self.asked:
             return []
         start = time.perf_counter()
-        proposals = best_under_budget(
-            self.loaded,
-            self.point.layers,
-            self.samples,
-            self.top,
-            self.seed,
-            self.point.hw,
-            self.point.budget,
-        )
+        point = self.point
+        query = Query(None, point.hw, point.budget, self.samples, self.top, self.seed)
+        proposals = best_under_budget(self.loaded, point.layers, query)
         self.generate_s = time.perf_counter() - start
         self.asked = True
         return [p.config for p in proposals[:n]]

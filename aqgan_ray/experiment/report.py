@@ -20,17 +20,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from aqgan_ray.atomic import write_atomic, write_text  # noqa: E402
 from aqgan_ray.errors import UserError  # noqa: E402
 from aqgan_ray.store import read_frame  # noqa: E402
+from baselines import METHODS  # noqa: E402
 
-METHOD_ORDER = ("aqgan", "uniform", "haq", "optuna", "random")
-COLORS = {
-    "aqgan": "tab:red",
-    "uniform": "tab:gray",
-    "haq": "tab:blue",
-    "optuna": "tab:green",
-    "random": "tab:orange",
-}
+METHOD_ORDER = tuple(METHODS)
+COLORS = {name: method.color for name, method in METHODS.items()}
 
 
 def load_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, dict]:
@@ -107,9 +103,7 @@ def plot_accuracy_vs_budget(cost: pd.DataFrame, path: Path) -> Path:
             handles.setdefault(label, handle)
     axes[0][0].legend(handles.values(), handles.keys(), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_search_cost(cost: pd.DataFrame, path: Path) -> Path:
@@ -132,9 +126,7 @@ def plot_search_cost(cost: pd.DataFrame, path: Path) -> Path:
     for i, value in enumerate(values):
         ax.text(i, value, f"{value:.3g}", ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_fidelity(fidelity: pd.DataFrame, path: Path) -> Path:
@@ -149,13 +141,12 @@ def plot_fidelity(fidelity: pd.DataFrame, path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_anytime(cost: pd.DataFrame, traces: pd.DataFrame, path: Path) -> Path | None:
-    searched = cost[cost["method"].isin(["haq", "optuna", "random"])]
+    searching = [name for name, method in METHODS.items() if method.searching]
+    searched = cost[cost["method"].isin(searching)]
     keys = list(
         dict.fromkeys(zip(searched["hw"], searched["budget"], searched["seed"], strict=True))
     )
@@ -179,9 +170,7 @@ def plot_anytime(cost: pd.DataFrame, traces: pd.DataFrame, path: Path) -> Path |
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _fmt(value: Any) -> str:
@@ -269,6 +258,28 @@ def build(run_dir: Path) -> Path:
         ]
     for title, path in plots.items():
         lines += [f"## {title[0].upper()}{title[1:]}", "", f"![{title}]({path.name})", ""]
-    report = run_dir / "report.md"
-    report.write_text("\n".join(lines))
-    return report
+    return write_text(run_dir / "report.md", "\n".join(lines))
+
+
+def compare(dirs: list[Path]) -> pd.DataFrame:
+    """One table across result directories (``results/<experiment>`` folders of finished runs):
+    per run and method, the summary table's columns."""
+    frames = []
+    for folder in dirs:
+        path = Path(folder) / "search_cost.parquet"
+        if not path.is_file():
+            raise UserError(
+                f"{folder} holds no search_cost.parquet; give results/<experiment> directories "
+                "of finished runs"
+            )
+        table = summary_table(read_frame(path)).reset_index()
+        frames.append(table.assign(run=str(folder)))
+    rows = pd.concat(frames, ignore_index=True)
+    return rows[["run", *[c for c in rows.columns if c != "run"]]]
+
+
+def _save(fig, path: Path) -> Path:
+    """A figure written atomically, like every other file of a run."""
+    write_atomic(path, lambda fh: fig.savefig(fh, dpi=110, format="png"))
+    plt.close(fig)
+    return path

@@ -1,8 +1,8 @@
 """AQGAN's hyperparameter search on Ray Tune, with Optuna's TPE sampler (``OptunaSearch``) and
-ASHA early stopping. Part of the distribution layer: the model code (``gan.py``) knows nothing
+ASHA early stopping. Part of the distribution layer: the model code (``model.py``) knows nothing
 of Ray.
 
-- Objective: ``objective`` from ``aqgan.fidelity_metrics``, measured on held-out configs (the
+- Objective: ``objective`` from ``fit.fidelity_metrics``, measured on held-out configs (the
   predictor's error on them plus the generator's miss over a grid of targets), never a
   training loss. Minimised.
 - Resumable: the experiment lives under ``results/<experiment>/tune/``; running ``train
@@ -24,7 +24,10 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from aqgan_ray import aqgan, gan
+from aqgan_ray.aqgan import model as gan
+from aqgan_ray.aqgan.checkpoint import model_state
+from aqgan_ray.aqgan.data import TrainingData
+from aqgan_ray.aqgan.fit import fit
 
 EXPERIMENT = "aqgan-tune"
 METRIC, MODE = "objective", "min"
@@ -45,21 +48,21 @@ def search_space() -> dict[str, Any]:
     }
 
 
-def _trainable(config: dict[str, Any], data: aqgan.TrainingData, bit_values: list, base: dict):
+def _trainable(config: dict[str, Any], data: TrainingData, bit_values: list, base: dict):
     torch.set_num_threads(1)
     spec = replace(gan.GanSpec(**base), **config)
 
     def on_report(step: int, model: gan.TrainedGan, metrics: dict[str, float]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "aqgan.pt"
-            torch.save(aqgan.model_state(model, spec), path)
+            torch.save(model_state(model, spec), path)
             tune.report({**metrics, "step": step}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    aqgan.fit(data, bit_values, spec, on_report=on_report)
+    fit(data, bit_values, spec, on_report=on_report)
 
 
 def search(
-    data: aqgan.TrainingData,
+    data: TrainingData,
     bit_values: list[int],
     base: gan.GanSpec,
     samples: int,
@@ -80,7 +83,7 @@ def search(
         tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
     else:
         searcher = OptunaSearch(metric=METRIC, mode=MODE, seed=seed)
-        reports = max(1, base.steps // 250)  # aqgan.fit reports every 250 generator steps
+        reports = max(1, base.steps // 250)  # fit() reports every 250 generator steps
         scheduler = ASHAScheduler(
             time_attr="training_iteration", max_t=reports, grace_period=min(2, reports)
         )

@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from aqgan_ray import pool
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.errors import UserError
 from aqgan_ray.evaluate import Evaluator
-from aqgan_ray.pool import EvaluatorPool, PoolSpec
+from aqgan_ray.pools import ray_actors as pool
+from aqgan_ray.pools.ray_actors import EvaluatorPool, PoolSpec
 
 
 def _configs(prepared, n: int, seed: int = 0) -> list[QuantConfig]:

@@ -1,54 +1,64 @@
-"""Generation and selection under a hardware budget, on a generator trained on real
-evaluations: distinct proposals, every returned one within budget, ranked as documented."""
+"""Generation and selection under a hardware budget, on a generator trained on a synthetic store
+of the smoke layer table: distinct proposals, every returned one within budget, ranked as
+documented."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from aqgan_ray import aqgan, gan
+from aqgan_ray.aqgan import checkpoint as aqgan
+from aqgan_ray.aqgan import model as gan
+from aqgan_ray.aqgan.data import indices_of, training_data
+from aqgan_ray.aqgan.fit import fit
+from aqgan_ray.aqgan.generate import (
+    Query,
+    Verified,
+    best_under_budget,
+    breed,
+    expected_miss,
+    propose,
+)
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.cost import get_hw_model, parse_budget
-from aqgan_ray.select import Verified, best_under_budget, breed, expected_miss, propose
-from aqgan_ray.store import EvaluationStore
+from aqgan_ray.settings import load_experiment
 
 
 @pytest.fixture(scope="module")
-def loaded(collected, smoke, tmp_path_factory):
-    exp, prepared, _ = smoke
-    names, choices = prepared.layer_names, exp.quant.bit_choices
-    rows = EvaluationStore(collected / exp.name / "evaluations", None).rows()
-    data = aqgan.training_data(rows, names, choices)
+def loaded(synthetic, tmp_path_factory):
+    exp = load_experiment("smoke")
+    names, choices = synthetic.names, exp.quant.bit_choices
+    data = training_data(synthetic.rows(60), names, choices)
     spec = gan.GanSpec(steps=150, predictor_members=2, predictor_epochs=300)
-    model, metrics, _ = aqgan.fit(data, choices, spec)
+    model, metrics, _ = fit(data, choices, spec)
     path = tmp_path_factory.mktemp("ckpt") / "aqgan.pt"
     aqgan.save_checkpoint(path, model, spec, names, choices, "k", metrics, aqgan.model_id(exp))
     return aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp))
 
 
-def test_propose_ranks_distinct_proposals_by_distance_to_target(loaded, smoke):
-    layers = smoke[1].layers
+def test_propose_ranks_distinct_proposals_by_distance_to_target(loaded, smoke_layers):
+    layers = smoke_layers
     target = float(loaded.model.scaler.unscale(0.8))
-    proposals = propose(loaded, layers, target, n=200, top=6, seed=0)
+    proposals = propose(loaded, layers, Query(target, n=200, top=6, seed=0))
     assert len(proposals) == 6 and len({p.config.hash for p in proposals}) == 6
     keys = [abs(p.predicted_acc - target) + p.predicted_std for p in proposals]
     assert keys == sorted(keys)
     assert all(p.cost is None and p.within_budget for p in proposals)
 
 
-def test_every_proposal_fits_the_budget(loaded, smoke):
-    exp, prepared, _ = smoke
-    layers, choices = prepared.layers, exp.quant.bit_choices
+def test_every_proposal_fits_the_budget(loaded, smoke_layers):
+    layers, choices = smoke_layers, loaded.bit_choices
     hw = get_hw_model("bismo-edge", layers, choices)
     target = float(loaded.model.scaler.unscale(0.8))
     # A budget at the median cost of what the generator makes for this target: about half of
     # its proposals are over it, so the filter has something to drop, whatever the store.
-    free = propose(loaded, layers, target, 500, 40, 0)
+    free = propose(loaded, layers, Query(target, n=500, top=40, seed=0))
     costs = hw.batch(
         layers, np.array([p.config.w_bits for p in free]), np.array([p.config.a_bits for p in free])
     )["latency_ms"]
     budget = parse_budget(f"latency_ms={np.median(costs)}", hw, layers, min(choices))
-    proposals = propose(loaded, layers, target, 500, 40, 0, hw, budget)
+    proposals = propose(loaded, layers, Query(target, hw, budget, n=500, top=40, seed=0))
     assert proposals and (costs > budget.value).any()
     assert all(p.within_budget and p.cost <= budget.value for p in proposals)
     for p in proposals:  # the cost reported is the cost model's, recomputed independently
@@ -56,16 +66,15 @@ def test_every_proposal_fits_the_budget(loaded, smoke):
         assert cost["latency_ms"][0] == pytest.approx(p.cost)
 
 
-def test_budget_only_returns_the_most_accurate_that_fit(loaded, smoke):
-    exp, prepared, _ = smoke
-    layers, choices = prepared.layers, exp.quant.bit_choices
+def test_budget_only_returns_the_most_accurate_that_fit(loaded, smoke_layers):
+    layers, choices = smoke_layers, loaded.bit_choices
     hw = get_hw_model("size", layers, choices)
     budget = parse_budget("size_bytes=0.5x", hw, layers, min(choices))
-    best = best_under_budget(loaded, layers, 200, 4, 0, hw, budget)
+    best = best_under_budget(loaded, layers, Query(None, hw, budget, n=200, top=4, seed=0))
     assert len(best) == 4 and all(p.within_budget for p in best)
     scores = [p.predicted_acc - p.predicted_std for p in best]
     assert scores == sorted(scores, reverse=True)
-    uniform4 = QuantConfig.uniform(prepared.layer_names, 4)  # exactly half of 8-bit size
+    uniform4 = QuantConfig.uniform(loaded.layer_names, 4)  # exactly half of 8-bit size
     size = hw.batch(layers, np.array([uniform4.w_bits]), np.array([uniform4.a_bits]))
     assert size["size_bytes"][0] == pytest.approx(budget.value)
 
@@ -78,13 +87,14 @@ def test_expected_miss_averages_the_verified_proposals_nearest_the_prediction():
     assert expected_miss([], 0.5) is None
 
 
-def test_bred_configs_mix_the_nearest_below_and_above_the_target(loaded, smoke):
+def test_bred_configs_mix_the_nearest_below_and_above_the_target(loaded, smoke_layers):
     """Later verification rounds also rank configs bred from verified ones: with the target
     bracketed, crossovers of the nearest below and above plus one-step mutations of the
     nearest; with everything on one side, one-step mutations."""
-    layers = smoke[1].layers
+    layers = smoke_layers
     low, high = (
-        propose(loaded, layers, loaded.model.scaler.unscale(c), 100, 1, 0)[0] for c in (0.2, 0.9)
+        propose(loaded, layers, Query(float(loaded.model.scaler.unscale(c)), n=100, top=1))[0]
+        for c in (0.2, 0.9)
     )
     lut = {b: i for i, b in enumerate(loaded.bit_choices)}
 
@@ -108,3 +118,35 @@ def test_bred_configs_mix_the_nearest_below_and_above_the_target(loaded, smoke):
     one_side = breed(loaded, bracket[:1], 0.55, 200, seed=0)
     assert np.abs(one_side - a).max() == 1 and 0 < (one_side != a).mean() < 0.2
     assert breed(loaded, bracket, 0.55, 1, seed=0).shape == (1, *a.shape)  # --n 1
+
+
+def test_a_checkpoint_alone_serves_proposals_priced_on_its_own_layer_table(
+    loaded, synthetic, tmp_path
+):
+    """``aq.load_generator(path)`` needs no experiment: the checkpoint holds its layer table."""
+    import aqgan_ray as aq
+
+    path = aqgan.save_checkpoint(
+        tmp_path / "aqgan.pt", loaded.model, loaded.spec, loaded.layer_names,
+        loaded.bit_choices, "k", {}, "smoke", synthetic.layers,
+    )  # fmt: skip
+    gen = aq.load_generator(path)
+    target = float(loaded.model.scaler.unscale(0.8))
+    ask = {"target_acc": target, "hw": "bismo-edge", "budget": "latency_ms=0.5x"}
+    proposals = gen.propose(**ask, n=300, top=3, seed=0)
+    hw = get_hw_model("bismo-edge", synthetic.layers, loaded.bit_choices)
+    budget = parse_budget("latency_ms=0.5x", hw, synthetic.layers)
+    same = propose(loaded, synthetic.layers, Query(target, hw, budget, n=300, top=3, seed=0))
+    assert [p.config for p in proposals] == [p.config for p in same] and len(same) == 3
+    assert all(p.within_budget and p.cost <= budget.value for p in proposals)
+    # Told what a proposal measured, the ranker predicts that config at its measured accuracy.
+    config = proposals[0].config
+    measured = proposals[0].predicted_acc - 0.2
+    told = gen.told([config], [measured])
+    idx = torch.from_numpy(indices_of([(config.w_bits, config.a_bits)], loaded.bit_choices))
+    before = gan.predict(gen.loaded.model, idx, len(loaded.bit_choices))[0][0]
+    after = gan.predict(told.loaded.model, idx, len(loaded.bit_choices))[0][0]
+    assert before == pytest.approx(proposals[0].predicted_acc, abs=1e-5)
+    assert abs(after - measured) < 0.05 < abs(before - measured)
+    with pytest.raises(aq.UserError, match="needs the hardware model"):
+        gen.propose(target_acc=target, budget="latency_ms=0.5x")

@@ -1,0 +1,91 @@
+"""AQGAN's training data: stored evaluations as choice indices, and the accuracy band users ask
+targets in. Configs pass between the two forms with ``indices_of`` and ``configs_of``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from aqgan_ray.config import QuantConfig
+from aqgan_ray.errors import UserError
+
+# Below this many stored configs there is nothing to learn a condition from.
+MIN_STORE = 30
+# Share of the store's accuracy range, from its bottom, where nobody asks for a target: near
+# chance. Fidelity and refinement targets lie above it.
+BAND_FLOOR = 0.15
+
+
+def band_start(lo: float, hi: float) -> float:
+    return lo + BAND_FLOOR * (hi - lo)
+
+
+def fidelity_targets(lo: float, hi: float, n: int) -> np.ndarray:
+    """``n`` evenly spaced targets from the band's start to the store's best accuracy."""
+    return np.linspace(band_start(lo, hi), hi, n)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    idx: torch.Tensor  # [n, L, 2] choice indices
+    acc: torch.Tensor  # [n] validation accuracy
+    hashes: tuple[str, ...]
+
+
+def training_data(
+    rows: Sequence[dict], layer_names: Sequence[str], bit_choices: Sequence[int]
+) -> TrainingData:
+    if len(rows) < MIN_STORE:
+        raise UserError(
+            f"the evaluation store holds {len(rows)} configs; AQGAN needs at least {MIN_STORE}: "
+            f"run `aqgan-ray collect --samples N` with N >= {MIN_STORE} (a few hundred is better)"
+        )
+    # One order for one content: the store's row order follows evaluation completion times,
+    # and the held-out split and minibatches follow the row order.
+    rows = sorted(rows, key=lambda r: r["config_hash"])
+    return as_data(rows, layer_names, bit_choices)
+
+
+def as_data(
+    rows: Sequence[dict], layer_names: Sequence[str], bit_choices: Sequence[int]
+) -> TrainingData:
+    """Rows (``w_bits``, ``a_bits``, ``val_acc``, ``config_hash``) as tensors, in their order."""
+    try:
+        idx = torch.from_numpy(indices_of([(r["w_bits"], r["a_bits"]) for r in rows], bit_choices))
+    except (KeyError, ValueError):
+        idx = None
+    if idx is None or idx.shape[1] != len(layer_names):
+        raise UserError("the store's configs do not match this model's layer table")
+    acc = torch.tensor([r["val_acc"] for r in rows], dtype=torch.float32)
+    return TrainingData(idx, acc, tuple(r["config_hash"] for r in rows))
+
+
+def indices_of(
+    bits: Sequence[tuple[Sequence[int], Sequence[int]]], bit_choices: Sequence[int]
+) -> np.ndarray:
+    """(weight bits, activation bits) per config -> choice indices [n, L, 2], the inverse of
+    ``configs_of``. Raises KeyError for a bitwidth not in ``bit_choices`` and ValueError for
+    configs of different lengths."""
+    lut = {int(b): i for i, b in enumerate(bit_choices)}
+    out = [[[lut[w], lut[a]] for w, a in zip(wb, ab, strict=True)] for wb, ab in bits]
+    return (
+        np.array(out, dtype=np.int64).reshape(len(out), -1, 2)
+        if out
+        else np.empty((0, 0, 2), np.int64)
+    )
+
+
+def configs_of(
+    idx: np.ndarray, layer_names: Sequence[str], bit_choices: Sequence[int]
+) -> list[QuantConfig]:
+    """Choice indices [n, L, 2] -> QuantConfigs."""
+    bits = np.asarray(bit_choices)[idx]
+    return [
+        QuantConfig(
+            tuple(layer_names), tuple(int(b) for b in row[:, 0]), tuple(int(b) for b in row[:, 1])
+        )
+        for row in bits
+    ]
