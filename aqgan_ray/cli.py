@@ -23,9 +23,6 @@ if TYPE_CHECKING:  # the heavy modules load only in the commands that use them
     from aqgan_ray.session import Session
     from aqgan_ray.settings import Experiment
 
-# The methods `baseline` runs (the registry in baselines/__init__.py, without importing it here).
-BASELINES = ("haq", "uniform", "optuna", "random")
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr and exit status 2."""
@@ -88,6 +85,8 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from baselines import BASELINES  # the registry of methods: cheap, it imports none of them
+
     parser = _Parser(prog="aqgan-ray", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -387,22 +386,15 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
                                 tolerance=args.tolerance)  # fmt: skip
             checked, every = verified.returned, verified.every
             proposals = [v.proposal for v in checked]
-        out_props = []
-        for i, p in enumerate(proposals):
-            row = {
-                "config_hash": p.config.hash,
-                **p.config.to_dict(),
-                "target_acc": p.target_acc,
-                "predicted_acc": p.predicted_acc,
-                "predicted_std": p.predicted_std,
+        out_props = [
+            {
+                **p.to_dict(),
                 "expected_miss": gen.expected_miss(p.predicted_acc),
                 "cost": s.cost(p.config, hw=[args.hw] if args.hw else []),
-                "within_budget": p.within_budget,
+                **(checked[i].to_dict() if checked else {}),
             }
-            if checked:
-                v = checked[i]
-                row |= {"val_acc": v.val_acc, "cached": v.cached, "round": v.round}
-            out_props.append(row)
+            for i, p in enumerate(proposals)
+        ]
     budget = query.budget
     out: dict[str, Any] = {
         "proposals": out_props,
@@ -417,15 +409,10 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
         out["verify_evaluations"] = len(every)
         out["verify_rounds"] = max(v.round for v in every)
         out["verified"] = [
-            {
-                "config_hash": v.proposal.config.hash,
-                "round": v.round,
-                "predicted_acc": v.proposal.predicted_acc,
-                "val_acc": v.val_acc,
-                "cached": v.cached,
-            }
+            {"config_hash": v.proposal.config.hash, "predicted_acc": v.proposal.predicted_acc,
+             **v.to_dict()}
             for v in every
-        ]
+        ]  # fmt: skip
     if not proposals:
         print("no proposal fits; raise the budget or lower the target", file=sys.stderr)
     if not args.json:
@@ -456,34 +443,12 @@ def cmd_baseline(args: argparse.Namespace) -> dict[str, Any]:
     with _session(args, exp) as s:
         found = s.search(args.method, args.hw, args.budget, args.evaluations, args.seed,
                          args.batch)  # fmt: skip
-        fp_val, fp_test = s.prepared.fp_val_acc, s.prepared.fp_test_acc
-    result, best, budget = found.result, found.best, found.budget
-    trace = result.trace
-    out: dict[str, Any] = {
-        "method": found.method,
-        "experiment": exp.name,
-        "hw": found.hw,
-        "budget": {"metric": budget.metric, "value": budget.value, "relative": budget.relative},
-        "seed": found.seed,
-        "evaluations": len(trace),
-        "evaluations_requested": found.requested,
-        "preset_evaluations": exp.baselines.evaluations,
-        "resumed_from": result.resumed_from,
-        "evaluated_now": result.evaluated_now,
-        "cached": sum(row["cached"] for row in trace),
-        "batch": found.batch,
-        "search_s": result.search_s,
-        "fp_val_acc": fp_val,
-        "fp_test_acc": fp_test,
-        "best": best,
-        "method_summary": found.method_summary,
-        "trace": str(found.trace_path),
-    }
+    out, best, budget = found.to_dict(), found.best, found.budget
     if not args.json:
         print(
             f"{found.method} on {found.hw}, {budget.metric} <= {budget.value:.6g}: "
-            f"{len(trace)} evaluations ({result.evaluated_now} run now, "
-            f"{out['cached']} from the store), {result.search_s:.1f} s"
+            f"{out['evaluations']} evaluations ({out['evaluated_now']} run now, "
+            f"{out['cached']} from the store), {out['search_s']:.1f} s"
         )
         if best is not None:
             print(

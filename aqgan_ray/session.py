@@ -67,6 +67,9 @@ class SearchOutcome:
     best: dict[str, Any] | None  # the most accurate config within budget, with its test accuracy
     method_summary: dict[str, Any]
     trace_path: Path
+    experiment: Experiment
+    fp_val_acc: float
+    fp_test_acc: float
 
     @property
     def trace(self) -> pd.DataFrame:
@@ -78,6 +81,30 @@ class SearchOutcome:
     @property
     def evaluations(self) -> int:
         return len(self.result.trace)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``baseline --json`` prints."""
+        result, budget = self.result, self.budget
+        return {
+            "method": self.method,
+            "experiment": self.experiment.name,
+            "hw": self.hw,
+            "budget": {"metric": budget.metric, "value": budget.value, "relative": budget.relative},
+            "seed": self.seed,
+            "evaluations": len(result.trace),
+            "evaluations_requested": self.requested,
+            "preset_evaluations": self.experiment.baselines.evaluations,
+            "resumed_from": result.resumed_from,
+            "evaluated_now": result.evaluated_now,
+            "cached": sum(row["cached"] for row in result.trace),
+            "batch": self.batch,
+            "search_s": result.search_s,
+            "fp_val_acc": self.fp_val_acc,
+            "fp_test_acc": self.fp_test_acc,
+            "best": self.best,
+            "method_summary": self.method_summary,
+            "trace": str(self.trace_path),
+        }
 
 
 class Session:
@@ -549,8 +576,10 @@ class Session:
                 "within_budget": best["within_budget"],
                 "index": best["index"],
             }
+        prepared = self.prepared
         return SearchOutcome(method, hw_model.name, parsed, seed, batch, evaluations, result,
-                             best, proposer.summary(), folder / "trace.parquet")  # fmt: skip
+                             best, proposer.summary(), folder / "trace.parquet", exp,
+                             prepared.fp_val_acc, prepared.fp_test_acc)  # fmt: skip
 
     def test_accuracy(self, configs: Sequence[QuantConfig]) -> dict[str, float]:
         """Held-out test accuracy of each config (final reporting only: searches never see it)."""

@@ -16,28 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aqgan_ray.errors import UserError
-from aqgan_ray.search import DesignPoint, Proposer
-from baselines.haq import Haq, HaqArgs
-from baselines.optuna_tpe import OptunaTPE
-from baselines.random_search import RandomSearch
-from baselines.uniform import Uniform
 
 if TYPE_CHECKING:
     from aqgan_ray.aqgan.checkpoint import Loaded
+    from aqgan_ray.search import DesignPoint, Proposer
     from aqgan_ray.settings import Experiment
 
-__all__ = [
-    "BASELINES",
-    "METHODS",
-    "Haq",
-    "HaqArgs",
-    "Method",
-    "OptunaTPE",
-    "RandomSearch",
-    "SearchSetup",
-    "Uniform",
-    "get_method",
-]
+__all__ = ["BASELINES", "METHODS", "Method", "SearchSetup", "get_method"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +51,8 @@ class Method:
     batch: Callable[[Experiment, int], int]
 
 
+# Each method's module is imported when it is built: the registry itself is cheap to import (the
+# command line reads it to parse arguments).
 def _aqgan(setup: SearchSetup) -> Proposer:
     from aqgan_ray.aqgan.generate import AqganSearch
 
@@ -73,6 +60,31 @@ def _aqgan(setup: SearchSetup) -> Proposer:
         raise ValueError("AQGAN's search needs the trained generator")
     spec = setup.exp.aqgan
     return AqganSearch(setup.generator, setup.point, setup.seed, spec.proposals, spec.verify_top)
+
+
+def _uniform(s: SearchSetup) -> Proposer:
+    from baselines.uniform import Uniform
+
+    return Uniform(s.point, s.seed)
+
+
+def _haq(s: SearchSetup) -> Proposer:
+    from baselines.haq import Haq, HaqArgs
+
+    args = HaqArgs(warmup=s.exp.baselines.haq_warmup, episodes_per_ask=s.batch)
+    return Haq(s.point, s.seed, s.fp_val_acc, args)
+
+
+def _optuna(s: SearchSetup) -> Proposer:
+    from baselines.optuna_tpe import OptunaTPE
+
+    return OptunaTPE(s.point, s.seed, s.folder / "optuna.journal")
+
+
+def _random(s: SearchSetup) -> Proposer:
+    from baselines.random_search import RandomSearch
+
+    return RandomSearch(s.point, s.seed)
 
 
 def _searching_evaluations(exp: Experiment) -> int:
@@ -100,7 +112,7 @@ METHODS: dict[str, Method] = {
             "uniform quantization: the widest bitwidth that fits, then narrower while it helps",
             "tab:gray",
             False,
-            lambda s: Uniform(s.point, s.seed),
+            _uniform,
             lambda exp: len(exp.quant.bit_choices),
             _one_per_evaluator,
         ),
@@ -109,12 +121,7 @@ METHODS: dict[str, Method] = {
             "HAQ's DDPG agent (Wang et al., CVPR 2019)",
             "tab:blue",
             True,
-            lambda s: Haq(
-                s.point,
-                s.seed,
-                s.fp_val_acc,
-                HaqArgs(warmup=s.exp.baselines.haq_warmup, episodes_per_ask=s.batch),
-            ),  # fmt: skip
+            _haq,
             _searching_evaluations,
             lambda exp, workers: 1,  # HAQ's sequential loop
         ),
@@ -123,7 +130,7 @@ METHODS: dict[str, Method] = {
             "Optuna's multivariate TPE over one integer parameter per layer and kind",
             "tab:green",
             True,
-            lambda s: OptunaTPE(s.point, s.seed, s.folder / "optuna.journal"),
+            _optuna,
             _searching_evaluations,
             _one_per_evaluator,
         ),
@@ -132,7 +139,7 @@ METHODS: dict[str, Method] = {
             "random search: uniform random bits per layer, rejection-sampled against the budget",
             "tab:orange",
             True,
-            lambda s: RandomSearch(s.point, s.seed),
+            _random,
             _searching_evaluations,
             _one_per_evaluator,
         ),

@@ -59,6 +59,16 @@ class Proposal:
     cost: float | None  # the budget metric on the chosen hardware model
     within_budget: bool
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config_hash": self.config.hash,
+            **self.config.to_dict(),
+            "target_acc": self.target_acc,
+            "predicted_acc": self.predicted_acc,
+            "predicted_std": self.predicted_std,
+            "within_budget": self.within_budget,
+        }
+
 
 def _unique(idx: np.ndarray) -> np.ndarray:
     """Rows of [n, L, 2] without repeats, first occurrence kept."""
@@ -105,6 +115,9 @@ class Verified:
     cached: bool  # answered from the store (charged all the same)
     round: int  # 1 for the first proposals, as ``propose`` ranks them unverified
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"val_acc": self.val_acc, "cached": self.cached, "round": self.round}
+
 
 def verify_until_close(
     loaded: Loaded,
@@ -120,14 +133,13 @@ def verify_until_close(
     ``top`` verified configs nearest the target, every verification in order); every one of
     them is charged.
 
-    Why: a proposal's miss is systematic (the five best-ranked for a target land together, a
-    few points off: docs/fidelity-history.md), so the next guess should come from a ranker that
+    Why: a proposal's miss is systematic (the best-ranked for a target land together, a few
+    points off: docs/fidelity-history.md), so the next guess should come from a ranker that
     has seen the miss (``TrainedGan.with_evidence``: milliseconds), not from the same ranking.
     Later rounds also rank configs bred from the verified ones nearest the target
     (``breed``): on the steep part of the accuracy curve the generator's samples can cluster on
-    both sides of a target and never near it (default, 0.60: 0.67-0.70, then 0.51-0.57);
-    mixing a config that landed below with one that landed above, or moving the nearest one
-    a step, reaches in between.
+    both sides of a target and never near it; mixing a config that landed below with one that
+    landed above, or moving the nearest one a step, reaches in between.
     One round is the paper's flow: generate, then verify the few proposals returned.
     """
     target_acc, top = float(query.target_acc), query.top
@@ -160,13 +172,9 @@ def breed(
     A mutation moves each choice one step with probability 0.1.
 
     Why the mutations when bracketed: on a steep stretch of the accuracy curve a crossover
-    lands near whichever parent it takes a sensitive layer from (default preset, 0.60: the
-    children of 0.553-0.555 and 0.67-0.70 parents landed at 0.554-0.561), while the nearest
-    verified config's neighbours stay near its accuracy (its mutations, from 0.593, landed at
-    0.584-0.594). On that preset's five-target grid crossovers only measured 1.1 points against
-    0.79 with the mix; over four grids (two default, two smoke setups) 0.93 against 0.90
-    (README). Mutating only towards the target (up when all landed below, down when above,
-    rates drawn per child) measured no better."""
+    lands near whichever parent it takes a sensitive layer from, while the nearest verified
+    config's one-step neighbours stay near its accuracy. The variants measured, kept and left
+    out are in docs/measurements.md ("What generate --verify delivers")."""
     rng = np.random.default_rng(seed)
 
     def mutated(parents: list[np.ndarray], m: int) -> np.ndarray:
