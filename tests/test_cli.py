@@ -440,30 +440,13 @@ def test_baseline_bad_input(main_error, extra, fragment):
     main_error(["baseline", *extra, "--experiment", "smoke"], fragment)
 
 
-def _tiny_run_preset(path, smoke_preset_text: str) -> str:
-    """The smoke preset at test size: the session's 40-config store is enough, AQGAN trains
-    briefly, two design points, three evaluations per searching baseline."""
-    text = smoke_preset_text.split("\n[baselines]")[0].replace("samples = 60", "samples = 40")
-    text += (
-        "\n[baselines]\nevaluations = 3\nhaq_warmup = 1\n"
-        "[aqgan]\nsteps = 60\nfidelity_targets = 2\nfidelity_top = 1\nverify_top = 1\n"
-        "proposals = 200\nrefine_rounds = 1\nrefine_targets = 2\n"
-        '[design]\nhw = ["bismo-edge", "bitfusion"]\nbudgets = ["energy_mj=0.5x"]\n'
-        'search_hw = ["bismo-edge"]\n'
-    )
-    path.write_text(text)
-    return str(path)
-
-
-def test_run_end_to_end_then_resume_reproduces_the_tables(inproc, collected, ray_cluster, tmp_path):
+def test_run_end_to_end_then_resume_reproduces_the_tables(
+    inproc, collected, ray_cluster, tmp_path, tiny_preset
+):
     """In this process (connected to the loopback cluster), to save two Python start-ups."""
     import shutil
-    from importlib import resources
 
-    preset = _tiny_run_preset(
-        tmp_path / "tiny.toml",
-        (resources.files("aqgan_ray") / "presets" / "smoke.toml").read_text(),
-    )
+    preset = tiny_preset
     results = tmp_path / "results"
     shutil.copytree(collected / "smoke" / "evaluations", results / "smoke" / "evaluations")
     args = ("run", "--config", preset, "--results", str(results))

@@ -10,28 +10,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from importlib import resources
 
 import pytest
 
 import aqgan_ray as aq
-
-
-def _tiny_preset(path) -> str:
-    """The smoke preset at test size (the same model and store as smoke): AQGAN trains briefly,
-    two design points, three evaluations per searching baseline."""
-    text = (resources.files("aqgan_ray") / "presets" / "smoke.toml").read_text()
-    text = text.split("\n[baselines]")[0].replace("samples = 60", "samples = 40")
-    text += (
-        "\n[baselines]\nevaluations = 3\nhaq_warmup = 1\n"
-        "[aqgan]\nsteps = 60\nfidelity_targets = 2\nfidelity_top = 1\nverify_top = 1\n"
-        "proposals = 200\nrefine_rounds = 1\nrefine_targets = 2\n"
-        '[design]\nhw = ["bismo-edge", "bitfusion"]\nbudgets = ["energy_mj=0.5x"]\n'
-        'search_hw = ["bismo-edge"]\n'
-    )
-    path.write_text(text)
-    return str(path)
-
 
 # The contract's example (shared/CONTRACT.md, "Python API"), with the tiny preset and sizes a
 # test can afford; the store starts with STORED real evaluations, so `collect` evaluates 2 more.
@@ -75,10 +57,12 @@ print(json.dumps({
 """
 
 
-def test_the_contract_example_runs_in_process_without_ray(smoke, collected, cache_dir, tmp_path):
+def test_the_contract_example_runs_in_process_without_ray(
+    smoke, collected, cache_dir, tmp_path, tiny_preset
+):
     import pandas as pd
 
-    preset = _tiny_preset(tmp_path / "tiny.toml")
+    preset = tiny_preset
     store = tmp_path / "results" / "smoke" / "evaluations"
     shutil.copytree(collected / "smoke" / "evaluations", store)
     stored = len(pd.read_parquet(store))  # 40, and what other tests added since
