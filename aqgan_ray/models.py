@@ -45,9 +45,9 @@ def _stem_conv(conv: nn.Conv2d, in_channels: int, stride: int) -> nn.Conv2d:
 
 def _mobilenet_v2(num_classes: int, in_ch: int, small: bool, width: float) -> nn.Module:
     # Small inputs: the stem keeps stride 1 and the rest of the network its standard strides, so a
-    # 28x28 image ends at 2x2 (total stride 16 instead of 32). Measured on 2 cores this trains at
-    # about 380 images/s in channels-last layout, which is what the 5-minute budget allows; the
-    # CIFAR-style variant that also keeps the 24-channel stage at stride 1 is 4x slower.
+    # 28x28 image ends at 2x2 (total stride 16 instead of 32): what a 5-minute training budget on
+    # 2 cores allows; the CIFAR-style variant that also keeps the 24-channel stage at stride 1 is
+    # 4x slower (docs/measurements.md).
     model = torchvision.models.mobilenet_v2(num_classes=num_classes, width_mult=width)
     stem = model.features[0][0]
     model.features[0][0] = _stem_conv(stem, in_ch, 1 if small else 2)

@@ -45,9 +45,9 @@ class SamplerSpec:
     neighbours: int = 4  # a stratified draw mutates one of the configs nearest the target
     # ``collect`` draws this many configs, waits for all of them, then draws the next round: a
     # round's draws see exactly the results of earlier rounds, never a timing-dependent part of
-    # its own. The price is idle evaluators while a round's last results come in (smoke, 2
-    # evaluators: 2-6% fewer evaluations/s than one round of 64, README); raise it on a large
-    # cluster, where more than 16 evaluators would idle from the start of every round.
+    # its own. The price is idle evaluators while a round's last results come in (a few percent
+    # on 2 evaluators: docs/measurements.md); raise it on a large cluster, where more than 16
+    # evaluators would idle from the start of every round.
     round_size: int = 16
 
     def __post_init__(self):

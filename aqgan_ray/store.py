@@ -8,9 +8,9 @@ Two kinds of files:
 
 Every write is atomic (``atomic.write_atomic``: a temporary file in the same directory, synced,
 then renamed), so a reader never sees a half-written file and an interrupted write leaves what
-was there intact. Part files are
-never rewritten in place: several drivers may append to one store at once, and a reader merges
-the parts and keeps the first evaluation of each config hash.
+was there intact. Part files are never rewritten in place: several drivers may append to one
+store at once, and a reader merges the parts and keeps the first evaluation of each config
+hash.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """AQGAN: a conditional generator of quantization configs, its discriminator and the accuracy
-predictor that keeps the condition honest. Pure torch: no Ray, no files (see ``aqgan.py``).
+predictor that keeps the condition honest. Pure torch: no Ray, no files (``checkpoint.py``
+saves and loads them).
 
 The paper gives the idea (a conditional GAN, condition = target accuracy, output = per-layer
 bitwidths) but not the design; each choice below is ours and says why.
@@ -29,11 +30,9 @@ bitwidths) but not the design; each choice below is ours and says why.
   marginal likelihood (scikit-learn). Proposals are ranked by |predicted - target| plus the
   GP's posterior std, which, unlike the ensemble's spread, grows away from the configs
   evaluated: the generator seeks out what its predictor believes, and among 1000 proposals
-  those ranked best are often where the predictor is confidently wrong (misses of 20-35
-  points on the smoke model). With refinement, each round's evaluations land next to the
-  proposals and correct the GP there. Smoke, 5 GAN seeds on one 60-config store, 4 refinement
-  rounds, 8 fidelity targets x 5 proposals: mean miss 3.3 points against 5.6 without it (max
-  16 against 36); the generator is trained against the predictor alone.
+  those ranked best are often where the predictor is confidently wrong. With refinement,
+  each round's evaluations land next to the proposals and correct the GP there (what it
+  gained: docs/fidelity-history.md); the generator is trained against the predictor alone.
 - **Diversity.** A mode-seeking term (Mao et al., 2019) rewards different outputs for
   different noise at the same target, so one target does not collapse onto one config.
 """
@@ -137,10 +136,9 @@ class Predictor(nn.Module):
     quantization noise power of its bitwidth, 2^-(b - b_min) (noise variance falls by 4x per
     bit; the square root of that ratio fitted better), and (2) a free weight per (layer, kind,
     bitwidth) for what the noise model misses. A small MLP turns the damage channels into
-    accuracy (the fall from good to chance is steep and saturates). Five-fold cross-validation
-    on 200 smoke evaluations, mean absolute error: a plain MLP on the one-hot input 5.7 points
-    (4.0 above 75% accuracy); noise path alone 6.5 (2.0 above 75%, 9.4 in the steep middle);
-    both paths 5.6 (3.4, 6.7). A plain MLP has as many weights as the store has configs.
+    accuracy (the fall from good to chance is steep and saturates). Both paths together
+    cross-validated better than either alone or a plain MLP on the one-hot input, which has as
+    many weights as the store has configs (docs/fidelity-history.md).
     """
 
     def __init__(self, bit_values: Sequence[int], n_layers: int, hidden: int, channels: int = 4):

@@ -1,10 +1,10 @@
 """Active refinement: spend a few evaluations where the generator misses, then learn from them.
 
-Beyond the paper (issue 4, item 5), and our design. The store's first configs are drawn to
-cover the accuracy range, not to sit where the generator will propose, and in the steep middle
-of the range (30-75% on the smoke model) a few layers at 2 or 3 bits move accuracy by tens of
-points: there a predictor fitted on 60 configs is off by 5-10 points, and so are the proposals
-it ranks. Refinement closes that loop the way a user would by hand:
+Beyond the paper (issue 4, item 5), and our design. The store's first configs are drawn to cover
+the accuracy range, not to sit where the generator will propose, and in the steep middle of the
+range a few layers at 2 or 3 bits move accuracy by tens of points: there a predictor fitted on a
+few dozen configs is off by several points, and so are the proposals it ranks. Refinement closes
+that loop the way a user would by hand:
 
 1. Targets: ``targets`` cells of equal width over the band users ask for (the store's range
    without its lowest 15%, as for the fidelity grid), one target at the centre of each cell. The
@@ -26,14 +26,9 @@ Every round trains on the store's own configs and those refinement evaluated up 
 on configs a later or half-finished round added, so a resumed run ends with the same model as
 one never interrupted; the caller trains the initial model without any of refinement's configs.
 
-Measured on the smoke preset (a 66-config store, 8 fidelity targets x 2 proposals, same
-seeds): mean |achieved - target| 7.6 points without refinement, 3.3 after 4 rounds of 12
-targets (48 evaluations; a share within 2 points of 25% before, 62% after); through
-``aqgan-ray train`` on a fresh 60-config store, 2.5 after 31 evaluations (targets reached
-early were skipped). The spread from run to run is as large as the effect: on one 60-config
-store, 4 rounds left 3.4, 3.9 and 13.9 points for GAN seeds 1, 2 and 0 (seed 0 with misses
-of up to 43 points at low targets), and 8 rounds 5.1 for seed 0. Full retraining each round
-instead of continuing reached 3.6 in twice the time; refitting only the predictor, 5.4.
+Continuing training beat retraining from scratch each round (as good in half the time) and
+refitting only the predictor; what refinement gains, and how much it varies with the GAN's
+seed, is in docs/fidelity-history.md.
 """
 
 from __future__ import annotations
