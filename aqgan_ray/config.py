@@ -50,6 +50,7 @@ class QuantConfig:
         payload = json.dumps(
             {"layers": list(self.layers), "w_bits": list(self.w_bits), "a_bits": list(self.a_bits)},
             separators=(",", ":"),
+            allow_nan=False,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

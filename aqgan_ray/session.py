@@ -167,8 +167,10 @@ class Session:
         service, self._service = self._service, None
         try:
             if service is not None:
-                service.close()
-                service.store.close()
+                try:
+                    service.store.close()  # buffered rows first: nothing evaluated is lost
+                finally:
+                    service.close()
         finally:
             if self._started_ray:
                 from aqgan_ray.pools.ray_actors import disconnect

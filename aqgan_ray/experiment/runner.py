@@ -73,7 +73,12 @@ def run(
     exp = experiment
     run_dir = Path(results) / exp.name
     manifest = run_dir / "experiment.json"
-    fingerprint = json.loads(json.dumps(design.experiment_fingerprint(as_dict(exp))))
+    try:  # as it reads back from experiment.json
+        fingerprint = json.loads(
+            json.dumps(design.experiment_fingerprint(as_dict(exp)), allow_nan=False)
+        )
+    except ValueError:
+        raise UserError("the experiment's settings hold a non-finite number (nan, inf)") from None
     if manifest.is_file():
         stored = json.loads(manifest.read_text())
         if stored != fingerprint:
