@@ -259,9 +259,7 @@ class Session:
     def cost(self, config: QuantConfig, hw: Sequence[str] = ()) -> dict[str, Any]:
         """Hardware costs of one config (the contract's cost object, plus any ``hw`` model it
         does not already hold), without evaluating it."""
-        config = self._checked(config)
-        for name in hw:
-            get_hw_model(name, self.layers, self.experiment.quant.bit_choices)
+        config = self._checked(config)  # costs_of refuses an unknown hardware model
         return costs_of(hw, self.layers, config, self.experiment.quant.bit_choices)
 
     def evaluate(self, config: QuantConfig, hw: Sequence[str] = ()) -> dict[str, Any]:
@@ -438,9 +436,14 @@ class Session:
             raise UserError("--refine-rounds must be >= 0 and --refine-targets >= 1")
         if spec.tune_samples and self.pool_kind == "local":
             raise UserError("the hyperparameter search runs on Ray Tune: use pool='ray'")
-        out = train(self.service, self.prepared.layers, self.experiment, spec, self.run_dir,
-                    self.progress)  # fmt: skip
-        return replace(self.generator(checkpoint_only=True), training=out)
+        from aqgan_ray.aqgan.trained import TrainedGenerator
+
+        out, loaded = train(self.service, self.prepared.layers, self.experiment, spec,
+                            self.run_dir, self.progress)  # fmt: skip
+        fidelity = tuple((r["target_acc"], r["achieved_val_acc"]) for r in out["fidelity"])
+        path = Path(out["checkpoint"])
+        return TrainedGenerator(loaded, tuple(self.layers), self.experiment.seed, fidelity, path,
+                                training=out)  # fmt: skip
 
     def generator(self, checkpoint_only: bool = False) -> TrainedGenerator:
         """The trained generator of this results directory (``aqgan.pt``). Unless

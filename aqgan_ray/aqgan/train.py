@@ -49,9 +49,10 @@ def train(
     spec_in: AqganSpec,
     run_dir: Path,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Loaded]:
     """Train AQGAN on the store (optionally tuned), refine it actively (optionally), save the
-    checkpoint, verify fidelity; returns what ``train --json`` prints."""
+    checkpoint, verify fidelity; returns (what ``train --json`` prints, the saved checkpoint
+    as loaded)."""
     spec = replace(gan.GanSpec(seed=exp.seed), steps=spec_in.steps)
     store = service.store
     choices = exp.quant.bit_choices
@@ -129,7 +130,7 @@ def train(
     }
     if fidelity:
         out["fidelity_table"] = str(write_table(fidelity, run_dir / FIDELITY))
-    return out
+    return out, loaded
 
 
 def refine_log(run_dir: Path, eval_key: str) -> list[dict[str, Any]]:

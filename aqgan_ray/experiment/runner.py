@@ -123,8 +123,8 @@ def _aqgan_stage(s: Session) -> tuple[Loaded, dict[str, Any]]:
     except UserError:
         current = False
     if not current:
-        trained = s.train_aqgan().training
-        loaded = load_checkpoint(path, names, choices, model_id(exp))
+        gen = s.train_aqgan()
+        trained, loaded = gen.training, gen.loaded
     elif exp.aqgan.fidelity_targets and not (s.run_dir / FIDELITY).is_file():
         rows = verify_fidelity(s.service, loaded, s.prepared.layers, exp.aqgan.fidelity_targets,
                                exp.aqgan.fidelity_top, s.progress)  # fmt: skip

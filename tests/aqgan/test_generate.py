@@ -150,3 +150,12 @@ def test_a_checkpoint_alone_serves_proposals_priced_on_its_own_layer_table(
     assert abs(after - measured) < 0.05 < abs(before - measured)
     with pytest.raises(aq.UserError, match="needs the hardware model"):
         gen.propose(target_acc=target, budget="latency_ms=0.5x")
+    # A checkpoint saved without its layer table (as before this was stored) loads given them.
+    old = aqgan.save_checkpoint(
+        tmp_path / "old.pt", loaded.model, loaded.spec, loaded.layer_names, loaded.bit_choices,
+        "k", {}, "smoke",
+    )  # fmt: skip
+    with pytest.raises(aq.UserError, match="holds no layer table"):
+        aq.load_generator(old)
+    again = aq.load_generator(old, synthetic.layers).propose(**ask, n=300, top=3, seed=0)
+    assert [p.config for p in again] == [p.config for p in proposals]
