@@ -13,19 +13,15 @@ Shared conventions (every analytic model):
   layer is ``M = 1``, ``K = in``, ``N = out``. Depthwise layers (``K = 9``, ``N = 1``, ``groups =
   channels``) fill only a sliver of a wide array; HAQ observed exactly this (depthwise layers are
   memory/utilization bound) and the ceil() tiling terms below reproduce it.
-* **Batch 1.** Latency and energy are per image. (HAQ ran its cloud target at batch 16; batching
-  would amortise weight traffic, which we leave out to keep one formula for all targets.)
-* **Roofline per layer.** ``latency = max(compute_s, memory_s)``, summed over layers (layers run
-  one after another; compute and DRAM transfers of one layer overlap).
-  ``memory_s = bytes_moved / dram_bytes_per_s`` with
-  ``bytes_moved = params * w / 8 + in_elems * a / 8 + out_elems * a / 8``: weights and the input
-  activation are read once, the output activation is written once (Bit Fusion counts the padded
-  widths it stores, BISMO the exact ones). *Simplification:* the output is
-  written at this layer's ``a_bits[i]`` (the next layer's input precision is not used), so each
-  layer's cost depends only on its own two bitwidths. On-chip reuse is assumed perfect (every
-  tensor crosses DRAM exactly once), which is optimistic for large layers.
-* **Energy** = compute energy + ``bytes_moved * dram_energy_pj_per_byte``. SRAM and static energy
-  are not modelled.
+* **A batch per call.** Latency and energy are for one batch of images: weights cross DRAM once
+  per batch, activations once per image. Each model has its batch (HAQ: BISMO edge 1, BISMO
+  cloud 16; Bit Fusion 1, as APQ's simulator table); ``--hw NAME@B`` prices batch B instead.
+* **Per layer, summed.** Layers run one after another; within a layer, compute and DRAM
+  transfers overlap (each model says how far). Each layer's cost depends only on its own two
+  bitwidths. *Simplification:* where an output activation is stored at reduced precision, it is
+  this layer's ``a_bits`` (the next layer's input precision is not used).
+* **Sources.** Every constant names its source; a figure we had to assume says *Assumption*.
+  Bit Fusion's free constants are fitted to its simulator (``aqgan_ray.calibrate``).
 * **Biases** stay 32-bit after BN folding and cost the same under every config, so they are
   excluded from ``size_bytes`` and from traffic: budgets compare only what the search controls.
 
@@ -38,11 +34,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
-import pandas as pd
 
 from aqgan_ray.config import DEFAULT_BIT_CHOICES, MAX_BITS, QuantConfig
 from aqgan_ray.errors import UserError
@@ -55,12 +48,6 @@ HW_METRICS: tuple[str, ...] = ("latency_ms", "energy_mj")
 
 PJ_PER_MJ = 1e9  # 1 mJ = 1e9 pJ
 
-# DRAM access energy, used by every analytic model: 640 pJ per 32-bit DRAM read at 45 nm
-# (Horowitz, "Computing's energy problem", ISSCC 2014; the table reproduced by Han et al. 2015/16,
-# where a DRAM access is 6400x a 0.1 pJ 32-bit add) = 160 pJ/byte. *Assumption:* the same figure
-# is used for the FPGA boards' DDR3/DDR4, for which no per-byte number is published with BISMO.
-DRAM_ENERGY_PJ_PER_BYTE = 640.0 / 4
-
 
 # --------------------------------------------------------------------------------------------
 # Layer geometry and bit arrays
@@ -72,33 +59,41 @@ class _Geometry:
     """Per-layer constants as int64 arrays of shape [n_layers] (the GEMM view described above)."""
 
     groups: np.ndarray
-    m: np.ndarray  # output pixels per group
+    m: np.ndarray  # output pixels per group (one image)
     k: np.ndarray  # reduction length per output
     n: np.ndarray  # output channels per group
+    cin_g: np.ndarray  # input channels per group
+    kk: np.ndarray  # kernel positions (kh * kw)
+    depthwise: np.ndarray  # bool: one input channel per group, groups > 1
     params: np.ndarray
-    macs: np.ndarray
+    macs: np.ndarray  # per image
     in_elems: np.ndarray
     out_elems: np.ndarray
 
     @classmethod
     def of(cls, layers: Sequence[Layer]) -> _Geometry:
-        def col(values: list[int]) -> np.ndarray:
-            return np.asarray(values, dtype=np.int64)
-
-        return cls(
-            groups=col([ly.groups for ly in layers]),
-            m=col([ly.out_h * ly.out_w for ly in layers]),
-            k=col([ly.reduction for ly in layers]),
-            n=col([ly.out_channels // ly.groups for ly in layers]),
-            params=col([ly.params for ly in layers]),
-            macs=col([ly.macs for ly in layers]),
-            in_elems=col([ly.in_elems for ly in layers]),
-            out_elems=col([ly.out_elems for ly in layers]),
+        return cls.from_shapes(
+            in_channels=[ly.in_channels for ly in layers],
+            out_channels=[ly.out_channels for ly in layers],
+            kernel=[ly.kernel * ly.kernel_w for ly in layers],
+            groups=[ly.groups for ly in layers],
+            in_hw=[ly.in_h * ly.in_w for ly in layers],
+            out_hw=[ly.out_h * ly.out_w for ly in layers],
         )
 
-    def bytes_moved(self, w_bits: np.ndarray, a_bits: np.ndarray) -> np.ndarray:
-        """DRAM bytes per layer, [n_configs, n_layers]: weights + input + output activations."""
-        return (self.params * w_bits + (self.in_elems + self.out_elems) * a_bits) / 8.0
+    @classmethod
+    def from_shapes(cls, in_channels, out_channels, kernel, groups, in_hw, out_hw) -> _Geometry:
+        """From per-layer channels, kernel area, groups and input/output pixel counts."""
+        ci, co, kk, g, ihw, ohw = (
+            np.asarray(v, dtype=np.int64)
+            for v in (in_channels, out_channels, kernel, groups, in_hw, out_hw)
+        )
+        cin_g, n = ci // g, co // g
+        return cls(
+            groups=g, m=ohw, k=kk * cin_g, n=n, cin_g=cin_g, kk=kk,
+            depthwise=(g > 1) & (cin_g == 1), params=g * n * cin_g * kk,
+            macs=g * n * cin_g * kk * ohw, in_elems=ci * ihw, out_elems=co * ohw,
+        )  # fmt: skip
 
 
 def _bit_arrays(
@@ -183,26 +178,83 @@ class BitOpsModel(CostModel):
 
 @dataclass(frozen=True)
 class BitFusionHardware:
-    """Bit Fusion (Sharma et al., ISCA 2018), the 45 nm instance the paper compares to Eyeriss.
+    """Bit Fusion (Sharma et al., ISCA 2018), the 45 nm instance of the authors' simulator.
 
-    Sizes and clock are the authors' simulator config ``bf_e_conf.ini`` (github.com/hsharma35/
-    bitfusion): a 16 x 32 systolic array of Fusion Units (512 FUs), 500 MHz, a 192-bit memory
-    interface per cycle. Its ``simulator.py`` puts the reduction on the 16 rows ("inputs") and
-    output channels on the 32 columns ("outputs"), streaming output pixels through in time; so do
-    we.
+    Fixed by the simulator (github.com/hsharma35/bitfusion, ``bf_e_conf.ini`` and
+    ``optimizer.py``): a 16 x 32 array of Fusion Units at 500 MHz with a 192-bit memory
+    interface; the reduction (input channels) runs on the 16 rows and output channels on the 32
+    columns, a Fusion Unit does ``(8 // a) * (8 // w)`` MACs per cycle for 2/4/8-bit operands
+    (6 bits count as 8, 3 as 4), kernel positions are not packed into the rows, and partial sums
+    travel to and from DRAM as 32-bit words (written once and read once per output).
+
+    Fitted (the other fields) to the simulator's own output: APQ's lookup table (6,567 layer
+    entries, batch 1), with ``aqgan_ray.calibrate.fit_bitfusion``, a quarter of the 779 shapes
+    held out. On the held-out shapes (``aqgan-ray bench costs``): latency Spearman 0.992, median
+    ratio ours / simulator 1.00, W4A4/W8A8 0.474 against 0.469; energy Spearman 0.986, median
+    ratio 0.99, W4A4/W8A8 0.605 against 0.565 (docs/cost-models.md).
     """
 
-    rows: int = 16  # reduction lanes (Fusion Units along K)
-    cols: int = 32  # output-channel lanes (Fusion Units along N)
+    rows: int = 16
+    cols: int = 32
     clock_hz: float = 500e6
-    # 192 bits/cycle x 500 MHz = 12 GB/s (bf_e_conf.ini ``if_width = 192``).
-    dram_bytes_per_s: float = 192 / 8 * 500e6
-    # One 8x8-bit MAC at 45 nm: 8-bit multiply 0.2 pJ + 8-bit add 0.03 pJ (Horowitz, ISSCC 2014).
-    # A Fusion Unit does it with all 16 BitBricks, so one BitBrick op costs 0.23 / 16 pJ.
-    # *Simplification:* the whole MAC energy (accumulator included) scales with bricks used.
-    mac8_energy_pj: float = 0.2 + 0.03
-    bricks_per_fusion_unit: int = 16
-    dram_energy_pj_per_byte: float = DRAM_ENERGY_PJ_PER_BYTE
+    interface_bits: int = 192
+    partial_sum_bits: int = 32
+    # --- fitted to APQ's Bit Fusion table (values written by calibrate.fit_bitfusion) ---
+    # Cycles of the dense tiling formula actually spent: below 1 because the simulator's tiling
+    # optimiser overlaps what the formula serialises.
+    dense_compute_scale: float = 0.5907
+    # Depthwise layers use one Fusion Unit row per channel in APQ's simulator; MACs per cycle at
+    # 8 bits (the same precision scaling as dense layers applies).
+    depthwise_macs_per_cycle: float = 7.614
+    # Fraction of the shorter of compute and DRAM time that is not hidden behind the longer.
+    overlap_loss: float = 0.7082
+    # Effective DRAM interface width: the simulator keeps some tiles on chip between loops.
+    dram_bits_per_cycle: float = 240.3
+    # Fraction of the weight load that precedes compute (the first tile), not overlapped.
+    weight_preload: float = 0.2777
+    layer_overhead_cycles: float = 732.6
+    # Energy: power while a layer runs (static + array) and DRAM energy per bit moved; depthwise
+    # layers run at lower power but pay per MAC (their SRAM traffic per MAC is higher).
+    dense_energy_pj_per_cycle: float = 2316.0
+    depthwise_energy_pj_per_cycle: float = 870.9
+    depthwise_energy_pj_per_mac: float = 75.41
+    dram_energy_pj_per_bit: float = 8.499
+
+
+def bitfusion_cost(
+    g: _Geometry, w: np.ndarray, a: np.ndarray, batch: int, hw: BitFusionHardware
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer (cycles, energy in pJ), each [n_configs, n_layers], for one batch of images.
+
+    ``compute`` is the simulator's tiling: dense layers take
+    ``groups * M * ceil(Cin_g / (rows * pf)) * kh * kw * ceil(N / cols)`` cycles (``pf`` the
+    Fusion Unit's MACs per cycle), depthwise ``macs / (depthwise_macs_per_cycle * pf)``. DRAM
+    moves the weights once per batch at ``w`` bits, the input at ``a`` bits and the output as
+    32-bit partial sums, out and back. ``cycles = max(compute, dram) + overlap_loss *
+    min(compute, dram) + weight_preload * weight_load + layer_overhead``.
+    """
+    pw, pa = _bitfusion_pad(w), _bitfusion_pad(a)
+    pf = (8 // np.minimum(pw, 8)) * (8 // np.minimum(pa, 8))
+    passes = np.maximum(pw // 8, 1) * np.maximum(pa // 8, 1)  # 16-bit: temporal 8-bit passes
+    m = g.m * batch
+    dense = (
+        g.groups * m * -(-g.cin_g // (hw.rows * pf)) * g.kk * -(-g.n // hw.cols)
+    ) * hw.dense_compute_scale
+    depthwise = g.macs * batch / (hw.depthwise_macs_per_cycle * pf)
+    compute = np.where(g.depthwise, depthwise, dense) * passes
+    weight_bits = g.params * w
+    moved = weight_bits + batch * (g.in_elems * a + 2 * hw.partial_sum_bits * g.out_elems)
+    dram = moved / hw.dram_bits_per_cycle
+    cycles = (
+        np.maximum(compute, dram)
+        + hw.overlap_loss * np.minimum(compute, dram)
+        + hw.weight_preload * weight_bits / hw.interface_bits
+        + hw.layer_overhead_cycles
+    )
+    power = np.where(g.depthwise, hw.depthwise_energy_pj_per_cycle, hw.dense_energy_pj_per_cycle)
+    mac_energy = np.where(g.depthwise, hw.depthwise_energy_pj_per_mac, 0.0) * g.macs * batch
+    energy = cycles * power + moved * hw.dram_energy_pj_per_bit + mac_energy
+    return cycles, energy
 
 
 def _bitfusion_pad(bits: np.ndarray) -> np.ndarray:
@@ -211,252 +263,123 @@ def _bitfusion_pad(bits: np.ndarray) -> np.ndarray:
 
 
 class BitFusionModel(CostModel):
-    """Spatial bit-level composable accelerator; latency moves in steps of 2/4/8/16 bits.
+    """Spatial bit-level composable accelerator, calibrated to its own simulator (see above).
 
-    Padding: a b-bit operand is computed (and stored, since the bricks read 2/4/8-bit lanes) as
-    ``pad(b)`` in {2, 4, 8, 16} bits. A ``pw x pa`` multiply fuses ``(pw/2) * (pa/2)`` 2-bit
-    BitBricks; a Fusion Unit (16 bricks) therefore holds ``(8/pw) * (8/pa)`` parallel MACs for
-    ``pw, pa <= 8``; 16-bit operands take 2 (or 4 for 16 x 16) temporal 8-bit passes.
-
-    ``cycles_l = groups * M * ceil(K / (rows * macs_per_fu)) * ceil(N / cols) * passes``
-    (one output pixel's K-slice enters the array per cycle; fill/drain is ignored), then the
-    roofline above with ``bytes_moved`` at the padded widths.
-    ``energy_l = macs * (pw/2) * (pa/2) * mac8_energy / 16 + bytes_moved * dram_energy``.
+    Latency moves in steps: a Fusion Unit computes 2-, 4- or 8-bit operands, so 5-8 bits cost the
+    same compute (their DRAM traffic still counts the real bits, as the simulator does).
     """
 
     metrics = HW_METRICS
 
-    def __init__(self, hw: BitFusionHardware | None = None, name: str = "bitfusion") -> None:
+    def __init__(
+        self, hw: BitFusionHardware | None = None, name: str = "bitfusion", batch_size: int = 1
+    ) -> None:
         self.hw = hw or BitFusionHardware()
         self.name = name
+        self.batch_size = batch_size
 
     def batch(
         self, layers: Sequence[Layer], w_bits: np.ndarray, a_bits: np.ndarray
     ) -> dict[str, np.ndarray]:
         w, a = _bit_arrays(layers, w_bits, a_bits)
-        g, hw = _Geometry.of(layers), self.hw
-        pw, pa = _bitfusion_pad(w), _bitfusion_pad(a)
-        macs_per_fu = (8 // np.minimum(pw, 8)) * (8 // np.minimum(pa, 8))
-        passes = np.maximum(pw // 8, 1) * np.maximum(pa // 8, 1)
-        k_tiles = -(-g.k // (hw.rows * macs_per_fu))  # ceil division on int arrays
-        n_tiles = -(-g.n // hw.cols)
-        cycles = g.groups * g.m * k_tiles * n_tiles * passes
-        moved = g.bytes_moved(pw, pa)
-        seconds = np.maximum(cycles / hw.clock_hz, moved / hw.dram_bytes_per_s)
-        brick_pj = hw.mac8_energy_pj / hw.bricks_per_fusion_unit
-        energy_pj = g.macs * (pw // 2) * (pa // 2) * brick_pj + moved * hw.dram_energy_pj_per_byte
+        cycles, energy_pj = bitfusion_cost(_Geometry.of(layers), w, a, self.batch_size, self.hw)
         return {
-            "latency_ms": seconds.sum(axis=1) * 1e3,
+            "latency_ms": cycles.sum(axis=1) / self.hw.clock_hz * 1e3,
             "energy_mj": energy_pj.sum(axis=1) / PJ_PER_MJ,
         }
-
-
-# BISMO binary-MAC energy: the BISMO README reports 15.4 binary TOPS on the Avnet Ultra96 while
-# drawing under 8 W (whole board, 16 nm Zynq UltraScale+), i.e. 8 / 15.4e12 J per op and two ops
-# (AND + popcount-add) per binary MAC: 2 * 8 / 15.4 = 1.04 pJ. *Assumption:* used for both BISMO
-# targets (the VU9P is also 16 nm; the 28 nm Zynq-7020 is likely worse). Board power includes
-# static power, so this is an upper bound on the dynamic cost.
-BISMO_BINARY_MAC_ENERGY_PJ = 1.04
 
 
 @dataclass(frozen=True)
 class BismoHardware:
-    """One BISMO overlay instance (Umuroglu, Rasnayake, Sjalander, FPL 2018).
+    """One BISMO overlay instance (Umuroglu, Rasnayake, Sjalander, FPL 2018) on one board.
 
     A ``dm x dn`` array of dot-product units, each ``dk`` bits wide: per cycle it multiplies
-    ``dm`` rows of the left matrix (weights) by ``dn`` rows of the right matrix (activations), one
-    ``dk``-long bit-plane slice at a time.
+    ``dm`` rows of the left matrix (weights) by ``dn`` columns of the right matrix (activations,
+    one per output pixel and image), one ``dk``-long bit-plane slice at a time. Operands live in
+    DRAM as packed bit-planes, so a b-bit tensor moves exactly b bits per element.
     """
 
+    board: str
     dm: int  # weight rows (output channels)
-    dn: int  # activation rows (output pixels)
+    dn: int  # activation columns (output pixels x images)
     dk: int  # bits of the dot product per cycle
     clock_hz: float
     dram_bytes_per_s: float
-    binary_mac_energy_pj: float = BISMO_BINARY_MAC_ENERGY_PJ
-    dram_energy_pj_per_byte: float = DRAM_ENERGY_PJ_PER_BYTE
+    batch: int  # the batch HAQ used this board at
+    binary_mac_energy_pj: float  # one AND + popcount-accumulate of one bit pair
+    dram_energy_pj_per_byte: float
+    static_w: float  # board static power while a layer runs
 
 
-# Edge: Zynq-7020 on the PYNQ-Z1. The BISMO docs (doc/platforms.md) list the largest PYNQZ1 build
-# as 8x256x8 @ 200 MHz (6.5 binary TOPS) on one 64-bit AXI HP0 port: 8 B x 200 MHz = 1.6 GB/s,
-# below the board's DDR3 peak (16-bit @ 1050 MT/s = 2.1 GB/s, Digilent PYNQ-Z1 reference manual).
-BISMO_EDGE = BismoHardware(dm=8, dn=8, dk=256, clock_hz=200e6, dram_bytes_per_s=64 / 8 * 200e6)
+# Edge: Zynq-7020 (28 nm) on the PYNQ-Z1, HAQ's edge target at batch 1.
+# - Array: HAQ's hardware table gives the edge BISMO an 8 x 8 PE array; the BISMO docs
+#   (doc/platforms.md) list the largest PYNQ-Z1 build as 8x256x8 @ 200 MHz.
+# - Bandwidth: one 64-bit AXI HP port at 200 MHz = 1.6 GB/s (below the board's DDR3 peak,
+#   16-bit @ 1050 MT/s = 2.1 GB/s, Digilent PYNQ-Z1 reference manual).
+# - *Assumption:* binary MAC 2.5 pJ: the 16 nm Ultra96 figure (1.04 pJ, below) scaled to 28 nm by
+#   feature size and supply squared (28/16 x (1.0 V / 0.85 V)^2 = 2.4x).
+# - *Assumption:* DDR3 at 160 pJ/byte (640 pJ per 32-bit DRAM access, Horowitz ISSCC 2014).
+# - *Assumption:* 0.15 W static (Xilinx Power Estimator's order of magnitude for a Zynq-7020 PL).
+BISMO_EDGE = BismoHardware(
+    board="Zynq-7020 (PYNQ-Z1), 28 nm",
+    dm=8, dn=8, dk=256, clock_hz=200e6, dram_bytes_per_s=64 / 8 * 200e6, batch=1,
+    binary_mac_energy_pj=2.5, dram_energy_pj_per_byte=160.0, static_w=0.15,
+)  # fmt: skip
 
-# Cloud: Virtex UltraScale+ VU9P (AWS F1). HAQ's accelerator table gives the cloud BISMO a 16x16
-# PE array with 4 x 256-bit AXI ports (recalled from the HAQ paper; not confirmed in our reference
-# corpus). *Assumptions:* dk = 256 and 200 MHz as in the PYNQ-Z1 build; bandwidth = the AXI ports,
-# 4 x 32 B x 200 MHz = 25.6 GB/s (the F1 card's four DDR4 channels could feed more).
-BISMO_CLOUD = BismoHardware(dm=16, dn=16, dk=256, clock_hz=200e6, dram_bytes_per_s=4 * 32 * 200e6)
+# Cloud: Virtex UltraScale+ VU9P (16 nm, AWS F1), HAQ's cloud target at batch 16 (its cost
+# table's file name says batch16).
+# - Array and ports: HAQ's hardware table, 16 x 16 PEs and 4 x 256-bit AXI ports; dk = 256 and
+#   200 MHz as the PYNQ-Z1 build (*assumption*): 4 x 32 B x 200 MHz = 25.6 GB/s.
+# - Binary MAC 1.04 pJ: BISMO's README reports 15.4 binary TOPS on the 16 nm Ultra96 under 8 W
+#   (whole board), two ops per binary MAC: 2 x 8 / 15.4 (an upper bound: board power).
+# - *Assumption:* DDR4 at 120 pJ/byte (DDR4's lower I/O voltage, 1.2 V against DDR3's 1.5 V,
+#   applied to the DDR3 figure: 160 x 1.2 / 1.5 = 128, rounded down for the newer node).
+# - *Assumption:* 3 W static (a VU9P is ~20x the logic of a Zynq-7020).
+BISMO_CLOUD = BismoHardware(
+    board="Virtex UltraScale+ VU9P (AWS F1), 16 nm",
+    dm=16, dn=16, dk=256, clock_hz=200e6, dram_bytes_per_s=4 * 32 * 200e6, batch=16,
+    binary_mac_energy_pj=1.04, dram_energy_pj_per_byte=120.0, static_w=3.0,
+)  # fmt: skip
 
 
 class BismoModel(CostModel):
-    """Bit-serial matrix multiplication overlay; latency scales with ``w_bits * a_bits``.
+    """Bit-serial matrix multiplication overlay; compute scales with ``w_bits * a_bits``.
 
-    A ``w x a``-bit product is ``w * a`` binary (bit-plane) passes, with no padding, so
-    ``cycles_l = groups * ceil(N / dm) * ceil(M / dn) * ceil(K / dk) * w * a``
-    (weights, N output channels, on the dm side as BISMO's left-hand matrix; activations, M pixels,
-    on the dn side). Then the shared roofline with unpadded ``bytes_moved`` (BISMO stores operands
-    as packed bit-planes, so a b-bit tensor is exactly b bits per element).
-    ``energy_l = macs * w * a * binary_mac_energy + bytes_moved * dram_energy``.
+    A ``w x a``-bit product is ``w * a`` binary (bit-plane) passes, with no padding; per batch
+    of B images, ``cycles_l = groups * ceil(N / dm) * ceil(B * M / dn) * ceil(K / dk) * w * a``.
+    DRAM moves the weights once per batch and each image's input and output activations (the
+    output requantized on chip to this layer's ``a_bits``: *simplification*, the next layer's
+    precision is not used), so at batch 16 activations, not weights, bound most layers.
+    ``latency_l = max(compute, dram)`` (double-buffered fetch and execute stages overlap);
+    ``energy_l = B * macs * w * a * binary_mac_energy + bytes * dram_energy + static * latency``.
+    Latency and energy are for one batch.
     """
 
     metrics = HW_METRICS
 
-    def __init__(self, name: str, hw: BismoHardware) -> None:
+    def __init__(self, name: str, hw: BismoHardware, batch_size: int | None = None) -> None:
         self.name = name
         self.hw = hw
+        self.batch_size = hw.batch if batch_size is None else batch_size
 
     def batch(
         self, layers: Sequence[Layer], w_bits: np.ndarray, a_bits: np.ndarray
     ) -> dict[str, np.ndarray]:
         w, a = _bit_arrays(layers, w_bits, a_bits)
-        g, hw = _Geometry.of(layers), self.hw
-        tiles = g.groups * -(-g.n // hw.dm) * -(-g.m // hw.dn) * -(-g.k // hw.dk)
+        g, hw, b = _Geometry.of(layers), self.hw, self.batch_size
+        tiles = g.groups * -(-g.n // hw.dm) * -(-(g.m * b) // hw.dn) * -(-g.k // hw.dk)
         cycles = tiles * w * a
-        moved = g.bytes_moved(w, a)
+        moved = (g.params * w + b * (g.in_elems + g.out_elems) * a) / 8.0
         seconds = np.maximum(cycles / hw.clock_hz, moved / hw.dram_bytes_per_s)
-        energy_pj = g.macs * w * a * hw.binary_mac_energy_pj + moved * hw.dram_energy_pj_per_byte
+        energy_pj = (
+            b * g.macs * w * a * hw.binary_mac_energy_pj
+            + moved * hw.dram_energy_pj_per_byte
+            + seconds * hw.static_w * 1e12
+        )
         return {
             "latency_ms": seconds.sum(axis=1) * 1e3,
             "energy_mj": energy_pj.sum(axis=1) / PJ_PER_MJ,
         }
-
-
-class TableModel(CostModel):
-    """Measured per-layer costs looked up by (layer, w_bits, a_bits) and summed over layers.
-
-    The file (CSV or Parquet) has columns ``layer`` (layer name, or integer index in layer-table
-    order), ``w_bits``, ``a_bits`` and one column per metric it provides (any of ``METRICS``).
-    This is how HAQ priced configs (per-layer latency/energy tables from a simulator or a board),
-    and how a user brings real measurements. Values are taken as measured: no monotonicity is
-    imposed.
-    """
-
-    def __init__(self, path: Path, frame: pd.DataFrame) -> None:
-        self.path = path
-        self.name = f"table:{path}"
-        self.frame = frame
-        self.metrics = tuple(m for m in METRICS if m in frame.columns)
-        self._dense: dict[tuple[str, ...], np.ndarray] = {}
-
-    @classmethod
-    def load(cls, path_text: str) -> TableModel:
-        if not path_text:
-            raise UserError("--hw table: needs a path, e.g. --hw table:measured/latency.csv")
-        path = Path(path_text)
-        if not path.is_file():
-            raise UserError(f"cost table {path} does not exist; give a CSV or Parquet file path")
-        suffix = path.suffix.lower()
-        try:
-            if suffix == ".csv":
-                frame = pd.read_csv(path)
-            elif suffix in (".parquet", ".pq"):
-                frame = pd.read_parquet(path)
-            else:
-                raise UserError(f"cost table {path} must end in .csv or .parquet, not {suffix!r}")
-        except UserError:
-            raise
-        except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file
-            raise UserError(f"cannot read cost table {path}: {exc}") from None
-        missing = [c for c in ("layer", "w_bits", "a_bits") if c not in frame.columns]
-        if missing:
-            raise UserError(
-                f"cost table {path} lacks column(s) {', '.join(missing)}; it needs layer, w_bits, "
-                f"a_bits and one or more of {', '.join(METRICS)} (has {', '.join(frame.columns)})"
-            )
-        if not any(m in frame.columns for m in METRICS):
-            raise UserError(
-                f"cost table {path} has no metric column; add one or more of {', '.join(METRICS)}"
-            )
-        for col in ("w_bits", "a_bits"):
-            bits = pd.to_numeric(frame[col], errors="coerce")
-            if bits.isna().any() or (bits != bits.round()).any() or (bits < 1).any():
-                raise UserError(f"cost table {path}: column {col} must hold positive integers")
-            frame[col] = bits.astype(np.int64)
-        for metric in (m for m in METRICS if m in frame.columns):
-            values = pd.to_numeric(frame[metric], errors="coerce")
-            if values.isna().any():
-                raise UserError(
-                    f"cost table {path}: column {metric} has empty or non-numeric cells"
-                )
-            frame[metric] = values.astype(np.float64)
-        dup = frame.duplicated(["layer", "w_bits", "a_bits"])
-        if dup.any():
-            row = frame[dup].iloc[0]
-            raise UserError(
-                f"cost table {path} lists layer {row['layer']!r}, w_bits={row['w_bits']}, "
-                f"a_bits={row['a_bits']} more than once; keep one row per combination"
-            )
-        return cls(path, frame)
-
-    def _layer_index(self, layers: Sequence[Layer]) -> np.ndarray:
-        """Row -> layer position, from names or integer indices; unknown layers are an error."""
-        col = self.frame["layer"]
-        n = len(layers)
-        if pd.api.types.is_integer_dtype(col):
-            idx = col.to_numpy(dtype=np.int64)
-            bad = sorted({int(i) for i in idx if not 0 <= i < n})
-            if bad:
-                raise UserError(
-                    f"cost table {self.path} uses layer indices {bad[:5]} but the model has "
-                    f"{n} quantizable layers (indices 0..{n - 1})"
-                )
-            return idx
-        position = {ly.name: i for i, ly in enumerate(layers)}
-        names = col.astype(str)
-        unknown = sorted(set(names) - position.keys())
-        if unknown:
-            raise UserError(
-                f"cost table {self.path} names layers {unknown[:3]} that this model does not have; "
-                f"its layers are named like {[ly.name for ly in layers[:3]]} (or use indices)"
-            )
-        return names.map(position).to_numpy(dtype=np.int64)
-
-    def _lookup(self, layers: Sequence[Layer]) -> np.ndarray:
-        """Dense [n_metrics, n_layers, max_bits+1, max_bits+1] array, NaN where no row exists."""
-        key = tuple(ly.name for ly in layers)
-        if key not in self._dense:
-            idx = self._layer_index(layers)
-            w = self.frame["w_bits"].to_numpy()
-            a = self.frame["a_bits"].to_numpy()
-            top = max(int(w.max(initial=0)), int(a.max(initial=0)), MAX_BITS)
-            dense = np.full((len(self.metrics), len(layers), top + 1, top + 1), np.nan)
-            for m, metric in enumerate(self.metrics):
-                dense[m, idx, w, a] = self.frame[metric].to_numpy()
-            self._dense[key] = dense
-        return self._dense[key]
-
-    def _raise_missing(
-        self, layers: Sequence[Layer], li: int, w: int, a: int, count: int
-    ) -> NoReturn:
-        raise UserError(
-            f"cost table {self.path} has no row for layer {layers[li].name!r} (index {li}) with "
-            f"w_bits={w}, a_bits={a} ({count} combination(s) missing in all); measure them or "
-            f"restrict the bit choices to those the table covers"
-        )
-
-    def check(self, layers: Sequence[Layer], bit_choices: Sequence[int]) -> None:
-        dense = self._lookup(layers)
-        bits = np.asarray(sorted(set(bit_choices)), dtype=np.int64)
-        if bits.size == 0 or bits[0] < 1 or bits[-1] >= dense.shape[-1]:
-            raise UserError(f"bit choices {list(bit_choices)} must lie within 1..{MAX_BITS}")
-        present = ~np.isnan(dense[:, :, bits[:, None], bits[None, :]]).any(axis=0)
-        if not present.all():
-            li, wi, ai = (int(v[0]) for v in np.nonzero(~present))
-            self._raise_missing(layers, li, int(bits[wi]), int(bits[ai]), int((~present).sum()))
-
-    def batch(
-        self, layers: Sequence[Layer], w_bits: np.ndarray, a_bits: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        w, a = _bit_arrays(layers, w_bits, a_bits)
-        dense = self._lookup(layers)
-        cols = np.arange(len(layers))[None, :]
-        values = dense[:, cols, w, a]  # [n_metrics, n_configs, n_layers]
-        missing = np.isnan(values).any(axis=0)
-        if missing.any():
-            ci, li = (int(v[0]) for v in np.nonzero(missing))
-            self._raise_missing(layers, li, int(w[ci, li]), int(a[ci, li]), int(missing.sum()))
-        return {metric: values[m].sum(axis=1) for m, metric in enumerate(self.metrics)}
 
 
 _ANALYTIC: dict[str, CostModel] = {
@@ -480,17 +403,34 @@ def get_hw_model(
 ) -> CostModel:
     """The model called ``name`` (``--hw``). With ``layers``, also ``check`` it against them now."""
     if name.startswith("table:"):
+        from aqgan_ray.cost_table import TableModel  # it builds on this module
+
         model = TableModel.load(name.removeprefix("table:"))
-    elif name in _ANALYTIC:
-        model = _ANALYTIC[name]
     else:
-        raise UserError(
-            f"unknown hardware model {name!r}; choose one of {', '.join(HW_MODELS)}, "
-            f"or table:PATH for a CSV/Parquet table of measured per-layer costs"
-        )
+        base, sep, batch_text = name.partition("@")
+        if base not in _ANALYTIC:
+            raise UserError(
+                f"unknown hardware model {base!r}; choose one of {', '.join(HW_MODELS)} "
+                f"(NAME@B for batch B), or table:PATH for a CSV/Parquet/APQ-JSON table of "
+                f"measured per-layer costs"
+            )
+        model = _ANALYTIC[base]
+        if sep:
+            model = _with_batch(model, name, batch_text)
     if layers is not None:
         model.check(layers, bit_choices)
     return model
+
+
+def _with_batch(model: CostModel, name: str, text: str) -> CostModel:
+    """``bismo-edge@16``: the same machine at another batch (per-batch latency and energy)."""
+    if not text.isdigit() or not 1 <= int(text) <= 4096:
+        raise UserError(f"--hw {name!r}: the batch after '@' must be an integer in 1..4096")
+    if isinstance(model, BitFusionModel):
+        return BitFusionModel(model.hw, name, int(text))
+    if isinstance(model, BismoModel):
+        return BismoModel(name, model.hw, int(text))
+    raise UserError(f"--hw {name!r}: {model.name} does not depend on the batch; drop '@{text}'")
 
 
 def config_costs(layers: Sequence[Layer], config: QuantConfig) -> dict:

@@ -260,7 +260,7 @@ class Session:
         """Hardware costs of one config (the contract's cost object, plus any ``hw`` model it
         does not already hold), without evaluating it."""
         config = self._checked(config)  # costs_of refuses an unknown hardware model
-        return costs_of(hw, self.layers, config, self.experiment.quant.bit_choices)
+        return costs_of(hw, self.layers, config)
 
     def evaluate(self, config: QuantConfig, hw: Sequence[str] = ()) -> dict[str, Any]:
         """Validation and test accuracy and hardware costs of one config, evaluated in this
@@ -286,7 +286,7 @@ class Session:
             "fp_val_acc": prepared.fp_val_acc,
             "fp_test_acc": prepared.fp_test_acc,
             "eval_s": result.eval_s,
-            "cost": costs_of(hw, prepared.layers, config, choices),
+            "cost": costs_of(hw, prepared.layers, config),
         }
 
     def _checked(self, config: QuantConfig) -> QuantConfig:
@@ -576,7 +576,7 @@ class Session:
                 "a_bits": best["a_bits"],
                 "val_acc": best["val_acc"],
                 "test_acc": self.test_accuracy([config])[config.hash],
-                "cost": costs_of([hw_model.name], layers, config, choices),
+                "cost": costs_of([hw_model.name], layers, config),
                 "cost_value": best["cost"],  # the budget metric on `hw`
                 "within_budget": best["within_budget"],
                 "index": best["index"],
@@ -603,14 +603,18 @@ class Session:
 
 
 def costs_of(
-    hw_names: Sequence[str], layers: Sequence[Layer], config: QuantConfig, choices: Sequence[int]
+    hw_names: Sequence[str], layers: Sequence[Layer], config: QuantConfig
 ) -> dict[str, Any]:
-    """The contract's cost object, plus any ``hw_names`` model it does not already hold."""
+    """The contract's cost object, plus any ``hw_names`` model it does not already hold.
+
+    A lookup table is checked against the bits this config uses (not every bit choice), so a
+    table measured at 4/6/8 bits prices a 4/6/8-bit config."""
     cost = config_costs(layers, config)
+    used = sorted(set(config.w_bits) | set(config.a_bits))
     for name in hw_names:
         if name in cost:
             continue
-        model = get_hw_model(name, layers, choices)
+        model = get_hw_model(name, layers, used)
         values = model.batch(layers, np.asarray([config.w_bits]), np.asarray([config.a_bits]))
         cost[name] = {metric: float(v[0]) for metric, v in values.items()}
     return cost

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aqgan_ray.cost import Budget, TableModel, parse_budget
+from aqgan_ray.cost import Budget, parse_budget
+from aqgan_ray.cost_table import TableModel
 from aqgan_ray.errors import UserError
 from aqgan_ray.layers import Layer
 from aqgan_ray.search import DesignPoint, _load_checkpoint, _save_checkpoint, rng_restore, rng_state
