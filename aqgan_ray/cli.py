@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -550,7 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ray = sys.modules.get("ray")
     caller_connected = ray is not None and ray.is_initialized()  # main() called from Python
     try:
-        with quiet:
+        with quiet, warnings.catch_warnings():
+            warnings.showwarning = _show_warning
             try:
                 result = COMMANDS[args.command](args)
             finally:
@@ -565,6 +567,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(_json_safe(result), allow_nan=False), file=stdout)
     return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings (a merged design point) as one ``warning:`` line; others as Python's."""
+    if category.__module__.startswith("aqgan_ray"):
+        text = f"warning: {message}\n"
+    else:
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+    print(text, end="", file=sys.stderr)
 
 
 def _json_safe(value: Any) -> Any:

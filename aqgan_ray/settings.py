@@ -95,8 +95,10 @@ class AqganSpec:
 
 @dataclass(frozen=True)
 class DesignSpec:
-    """The design points ``run`` compares methods on: every hardware model with every budget
-    (``METRIC=VALUE``, ``VALUE`` absolute or ``0.5x`` the all-8-bit cost), for every seed."""
+    """The design points ``run`` compares methods on: every hardware model with its budgets
+    (``METRIC=VALUE``, ``VALUE`` absolute or ``0.5x`` the all-8-bit cost), for every seed.
+    ``HW:METRIC=VALUE`` is a budget for that model only; a model with such budgets gets only
+    those, the others get the unprefixed ones."""
 
     hw: tuple[str, ...] = ("bismo-edge", "bismo-cloud", "bitfusion")
     budgets: tuple[str, ...] = ("energy_mj=0.3x", "energy_mj=0.4x", "energy_mj=0.5x")
@@ -225,6 +227,13 @@ def _validated(exp: Experiment) -> Experiment:
     ):
         if any(not isinstance(v, kind) or isinstance(v, bool) for v in values):
             raise UserError(f"design.{key} must be a list of {kind.__name__}s, got {list(values)}")
+    for text in (*design.budgets, *design.search_budgets):
+        hw, sep, _ = text.rpartition(":")
+        if sep and hw not in design.hw:
+            raise UserError(
+                f"design budget {text!r} is for hardware {hw!r}, which design.hw does not list "
+                f"({', '.join(design.hw)})"
+            )
     if exp.train.epochs < 1 or exp.train.batch_size < 1 or exp.eval.batch_size < 1:
         raise UserError("train.epochs, train.batch_size and eval.batch_size must be at least 1")
     return replace(exp, model=model, quant=quant, data=data)

@@ -5,15 +5,17 @@ directory to an experiment."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import re
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aqgan_ray.cost import get_hw_model, parse_budget
+import numpy as np
+
+from aqgan_ray.cost import get_hw_model, parse_budget, within_budget
 from aqgan_ray.errors import UserError
 from aqgan_ray.layers import Layer
 from aqgan_ray.search import DesignPoint, read_identity
@@ -25,9 +27,14 @@ class Planned:
     """One design point and seed, with the names the tables use."""
 
     hw_name: str
-    budget_text: str
+    budget_text: str  # without its hardware prefix
     point: DesignPoint
     seed: int
+    merged: tuple[str, ...] = ()  # design points that price every config as this one does
+
+    @property
+    def label(self) -> str:
+        return f"{self.hw_name} {self.budget_text}"
 
     @property
     def fraction(self) -> float | None:
@@ -39,22 +46,96 @@ class Planned:
         return re.sub(r"[^A-Za-z0-9.=_-]+", "_", text)
 
 
+# How many random configs decide that two design points are one (with the uniform configs).
+_DISTINCT_SAMPLE = 256
+
+
+class DesignWarning(UserWarning):
+    """A design that is not what it says (points merged); the CLI prints it as one line."""
+
+
+def split_budget(text: str) -> tuple[str | None, str]:
+    """``"bitfusion:energy_mj=0.8x"`` -> ``("bitfusion", "energy_mj=0.8x")``; no prefix: None."""
+    hw, sep, budget = text.rpartition(":")
+    return (hw, budget) if sep else (None, text)
+
+
+def budgets_for(design, hw_name: str) -> list[str]:
+    """A model's budgets: those prefixed with its name, or else the unprefixed ones (a machine's
+    feasible range is its own: Bit Fusion's energy barely halves between 8 and 2 bits)."""
+    parts = [split_budget(str(b)) for b in design.budgets]
+    own = [budget for hw, budget in parts if hw == hw_name]
+    return own or [budget for hw, budget in parts if hw is None]
+
+
 def design_points(exp, layers: Sequence[Layer]) -> list[Planned]:
-    """Every hardware model with every budget, for every seed; a budget that no config can meet
-    on some model is refused now, naming both."""
+    """Every hardware model with each of its budgets, for every seed; a budget that no config can
+    meet on some model is refused now, naming both. Points that price every config the same way
+    (same ranking, same configs within budget) are merged into the first, with a warning: a
+    design's points are what AQGAN's one-time cost is shared over."""
     design, choices = exp.design, exp.quant.bit_choices
     if not design.hw or not design.budgets or not design.seeds:
         raise UserError("design.hw, design.budgets and design.seeds must each name at least one")
-    planned = []
-    for hw_name, budget_text in itertools.product(design.hw, design.budgets):
+    points: list[tuple[str, str, DesignPoint]] = []
+    for hw_name in design.hw:
         hw = get_hw_model(str(hw_name), layers, choices)
-        try:
-            budget = parse_budget(str(budget_text), hw, layers, min(choices))
-        except UserError as exc:
-            raise UserError(f"design point {hw_name} {budget_text}: {exc}") from None
-        point = DesignPoint(tuple(layers), tuple(choices), hw, budget)
-        planned += [Planned(str(hw_name), str(budget_text), point, int(s)) for s in design.seeds]
+        budgets = budgets_for(design, str(hw_name))
+        if not budgets:
+            raise UserError(f"design.budgets holds no budget for {hw_name} (prefixed or plain)")
+        for budget_text in budgets:
+            try:
+                budget = parse_budget(budget_text, hw, layers, min(choices))
+            except UserError as exc:
+                raise UserError(f"design point {hw_name} {budget_text}: {exc}") from None
+            points.append(
+                (str(hw_name), budget_text, DesignPoint(tuple(layers), tuple(choices), hw, budget))
+            )
+    merged = _merge_identical(points, choices, exp.seed)
+    planned = []
+    for i, (hw_name, budget_text, point) in enumerate(points):
+        if i not in merged:
+            continue
+        labels = tuple(f"{points[j][0]} {points[j][1]}" for j in merged[i])
+        planned += [Planned(hw_name, budget_text, point, int(s), labels) for s in design.seeds]
     return planned
+
+
+def _merge_identical(
+    points: list[tuple[str, str, DesignPoint]], choices: Sequence[int], seed: int
+) -> dict[int, list[int]]:
+    """First index of each distinct point -> the later indices identical to it."""
+    rng = np.random.default_rng(seed)
+    n_layers = len(points[0][2].layers) if points else 0
+    bits = np.asarray(sorted(choices), dtype=np.int64)
+    w = np.concatenate(
+        [np.repeat(bits[:, None], n_layers, 1), rng.choice(bits, (_DISTINCT_SAMPLE, n_layers))]
+    )
+    a = np.concatenate(
+        [np.repeat(bits[:, None], n_layers, 1), rng.choice(bits, (_DISTINCT_SAMPLE, n_layers))]
+    )
+    signatures = []
+    for _, _, point in points:
+        costs = point.hw.batch(point.layers, w, a)[point.budget.metric]
+        signatures.append((np.argsort(costs, kind="stable"), within_budget(costs, point.budget)))
+    kept: dict[int, list[int]] = {}
+    for i, (order, fits) in enumerate(signatures):
+        same = next(
+            (k for k in kept if np.array_equal(signatures[k][0], order)
+             and np.array_equal(signatures[k][1], fits)),
+            None,
+        )  # fmt: skip
+        if same is None:
+            kept[i] = []
+            continue
+        kept[same].append(i)
+        warnings.warn(
+            f"design point {points[i][0]} {points[i][1]} prices every config as "
+            f"{points[same][0]} {points[same][1]} does (same ranking and budget on "
+            f"{len(w)} configs); merged into it",
+            DesignWarning,
+            stacklevel=3,
+        )
+    return kept
 
 
 def runs_on(method: str, planned: Planned, exp) -> bool:
@@ -63,8 +144,9 @@ def runs_on(method: str, planned: Planned, exp) -> bool:
     if not METHODS[method].searching:
         return True
     design = exp.design
+    wanted = {split_budget(str(b))[1] for b in design.search_budgets}
     return (not design.search_hw or planned.hw_name in design.search_hw) and (
-        not design.search_budgets or planned.budget_text in design.search_budgets
+        not design.search_budgets or planned.budget_text in wanted
     )
 
 

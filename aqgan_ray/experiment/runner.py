@@ -219,7 +219,7 @@ def _write_comparison(exp, run_dir, fp, planned, results, test_acc, store_rows, 
         "fp_test_acc": fp[1],
         "design_points": len(planned),
         "one_time": one_time,
-        "notes": _notes(exp),
+        "notes": _notes(exp, planned),
     }
     write_json(run_dir / "run.json", summary)
     report_path = report.build(run_dir)
@@ -236,9 +236,14 @@ def _write_comparison(exp, run_dir, fp, planned, results, test_acc, store_rows, 
     )
 
 
-def _notes(exp: Experiment) -> list[str]:
-    """Where this run departs from the papers' protocol, for the report."""
-    notes = []
+def _notes(exp: Experiment, planned: list[design.Planned]) -> list[str]:
+    """Where this run departs from the papers' protocol or its own design, for the report."""
+    notes = [
+        f"Design point(s) {', '.join(p.merged)} price every config as {p.label} does (same "
+        f"ranking and budget): merged into it, so they count once."
+        for p in planned
+        if p.merged and p.seed == exp.design.seeds[0]
+    ]
     if exp.baselines.evaluations < 600:
         notes.append(
             f"HAQ, Optuna and random search spent {exp.baselines.evaluations} evaluations per "

@@ -4,22 +4,28 @@ and AQGAN's one-time cost shared by the design points it served."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 
 from aqgan_ray.cost import get_hw_model, parse_budget
 from aqgan_ray.errors import UserError
-from aqgan_ray.experiment.design import Planned, design_points, runs_on
+from aqgan_ray.experiment.design import DesignWarning, Planned, design_points, runs_on
 from aqgan_ray.experiment.ledger import cost_rows, evaluations_to_match, one_time_cost, trace_rows
 from aqgan_ray.search import DesignPoint, SearchResult
 from aqgan_ray.settings import load_experiment
 
 
-def test_design_points_are_the_product_and_the_searching_subset(smoke_layers):
+def test_design_points_are_each_model_with_its_budgets_and_the_searching_subset(smoke_layers):
     exp = load_experiment("smoke")
     planned = design_points(exp, smoke_layers)
-    assert len(planned) == len(exp.design.hw) * len(exp.design.budgets) * len(exp.design.seeds)
-    assert {p.hw_name for p in planned} == set(exp.design.hw)
+    # Both BISMOs take the two plain budgets; Bit Fusion its own two (prefixed) latency budgets.
+    assert [p.label for p in planned] == [
+        "bismo-edge energy_mj=0.35x", "bismo-edge energy_mj=0.5x",
+        "bismo-cloud energy_mj=0.35x", "bismo-cloud energy_mj=0.5x",
+        "bitfusion latency_ms=0.6x", "bitfusion latency_ms=0.75x",
+    ]  # fmt: skip
+    assert all(p.merged == () for p in planned)
     subset = [p for p in planned if runs_on("haq", p, exp)]
     assert [(p.hw_name, p.budget_text) for p in subset] == [("bismo-edge", "energy_mj=0.5x")]
     assert all(runs_on("aqgan", p, exp) and runs_on("uniform", p, exp) for p in planned)
@@ -91,3 +97,40 @@ def test_one_time_cost_is_shared_by_the_design_points_aqgan_served(smoke_layers)
     assert haq["evaluations_to_match"] == 2  # reached AQGAN's 0.8 at its second evaluation
     assert [r["method"] for r in rows] == ["aqgan", "aqgan", "haq"]
     assert len(trace_rows(results)) == 6
+
+
+def test_default_design_has_12_distinct_points():
+    from aqgan_ray.prepare import architecture_layers
+
+    exp = load_experiment("default")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a merge would be a DesignWarning
+        planned = design_points(exp, architecture_layers(exp))
+    assert len(planned) == 12
+    assert len({p.label for p in planned}) == 12
+
+
+def test_points_that_price_every_config_alike_are_merged_with_a_warning(smoke_layers, tmp_path):
+    # bismo-edge is batch 1 already: bismo-edge@1 is the same machine under another name.
+    preset = tmp_path / "p.toml"
+    preset.write_text(
+        'name = "p"\n[design]\nhw = ["bismo-edge", "bismo-edge@1", "bismo-cloud"]\n'
+        'budgets = ["energy_mj=0.5x"]\nseeds = [0, 1]\n'
+    )
+    exp = load_experiment(path=str(preset))
+    with pytest.warns(DesignWarning, match="bismo-edge@1 energy_mj=0.5x prices every config as"):
+        planned = design_points(exp, smoke_layers)
+    assert [(p.label, p.seed) for p in planned] == [
+        ("bismo-edge energy_mj=0.5x", 0), ("bismo-edge energy_mj=0.5x", 1),
+        ("bismo-cloud energy_mj=0.5x", 0), ("bismo-cloud energy_mj=0.5x", 1),
+    ]  # fmt: skip
+    assert planned[0].merged == ("bismo-edge@1 energy_mj=0.5x",)
+
+
+def test_a_budget_for_hardware_the_design_does_not_list_is_refused(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text(
+        'name = "p"\n[design]\nhw = ["bismo-edge"]\nbudgets = ["bitfusion:latency_ms=0.5x"]\n'
+    )
+    with pytest.raises(UserError, match="for hardware 'bitfusion', which design.hw does not list"):
+        load_experiment(path=str(preset))
