@@ -195,6 +195,35 @@ def bench_generate(
     }
 
 
+def bench_costs(table: str | None = None, hw: str = "bitfusion", refit: bool = False):
+    """A cost model against a simulator's table keyed by layer shape (default: APQ's Bit Fusion
+    table): the ``calibrate.figures`` per metric on the fitted and held-out shapes. ``refit``
+    first fits Bit Fusion's free constants to this table (a user's own simulator) and reports
+    them. Returns (figure rows, fitted constants or None)."""
+    import dataclasses
+
+    from aqgan_ray import calibrate
+    from aqgan_ray.cost import BitFusionModel, get_hw_model
+    from aqgan_ray.errors import UserError
+
+    frame = calibrate.load_shape_table(table or calibrate.BITFUSION_TABLE).frame
+    held = calibrate.held_out(frame)
+    fitted = None
+    if refit:
+        if "latency_ms" not in frame or "energy_mj" not in frame:
+            raise UserError("--refit needs a table with both latency_ms and energy_mj")
+        fitted = calibrate.rounded(calibrate.fit_bitfusion(frame, held))
+        model = BitFusionModel(fitted, name="bitfusion (refitted)")
+    else:
+        model = get_hw_model(hw)
+    rows = calibrate.figures(frame, calibrate.predict(model, frame), held)
+    if rows.empty:
+        raise UserError(f"{model.name} and the table share no latency_ms or energy_mj column")
+    rows.insert(0, "hw", model.name)
+    constants = dataclasses.asdict(fitted) if fitted is not None else None
+    return rows, constants
+
+
 def run_bench(session, name: str, repeats: int = 5, configs: int = 24) -> dict[str, Any]:
     """``aqgan-ray bench NAME`` on a session's experiment: ``eval``, ``scaling`` or ``generate``."""
     if name == "scaling":

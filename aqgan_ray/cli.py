@@ -212,9 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     _ray_args(p)
     p.add_argument(
         "name",
-        choices=["eval", "scaling", "generate"],
+        choices=["eval", "scaling", "generate", "costs"],
         help="eval: quantized vs FP32 forward; scaling: 1 vs 2 actors, Ray vs in-process; "
-        "generate: 1000 proposals vs one evaluation",
+        "generate: 1000 proposals vs one evaluation; costs: a cost model against a simulator's "
+        "table keyed by layer shape",
+    )
+    p.add_argument(
+        "--table",
+        default=None,
+        metavar="PATH",
+        help="costs: the table (default: APQ's Bit Fusion simulator table, shipped)",
+    )
+    p.add_argument("--hw", default="bitfusion", metavar="H", help="costs: the model to compare")
+    p.add_argument(
+        "--refit", action="store_true", help="costs: fit Bit Fusion's constants to this table first"
     )
     p.add_argument("--repeats", type=int, default=5, help="eval: timed repetitions (median)")
     p.add_argument("--configs", type=int, default=24, help="scaling: configs per measurement")
@@ -510,6 +521,8 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     from aqgan_ray.bench import run_bench
 
+    if args.name == "costs":
+        return _bench_costs(args)
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
     if args.configs < 2:
@@ -525,6 +538,22 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
         for key, value in figures.items():
             print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
     return figures
+
+
+def _bench_costs(args: argparse.Namespace) -> dict[str, Any]:
+    """Needs no experiment: a model, a table and the figures that compare them."""
+    from aqgan_ray.bench import bench_costs
+
+    rows, constants = bench_costs(args.table, args.hw, args.refit)
+    if args.output:
+        from aqgan_ray.store import write_table
+
+        write_table(rows.to_dict("records"), Path(args.output))
+    if not args.json:
+        if constants:
+            print("fitted: " + ", ".join(f"{k} {v:.4g}" for k, v in constants.items()))
+        print(rows.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return {"rows": json.loads(rows.to_json(orient="records")), "fitted": constants}
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {

@@ -1,0 +1,54 @@
+"""``aqgan-ray bench costs``: the calibration figures, in-process (no experiment, no Ray)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from aqgan_ray.calibrate import BITFUSION_TABLE
+from aqgan_ray.cli import main
+
+
+def test_bench_costs_reports_fitted_and_held_out_figures(tmp_path, capsys) -> None:
+    out = tmp_path / "costs.parquet"
+    assert main(["bench", "costs", "--json", "--output", str(out)]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["metric"], r["split"]) for r in rows] == [
+        ("latency_ms", "fitted"), ("latency_ms", "held-out"),
+        ("energy_mj", "fitted"), ("energy_mj", "held-out"),
+    ]  # fmt: skip
+    assert pd.read_parquet(out).to_dict("records")[1]["spearman"] == pytest.approx(
+        rows[1]["spearman"]
+    )
+
+
+def test_bench_costs_refits_on_a_users_table(tmp_path, capsys) -> None:
+    # A "simulator" that is Bit Fusion's table with every latency doubled: the refit finds it.
+    data = json.loads(BITFUSION_TABLE.read_text())
+    doubled = {k: {**v, "latency": 2 * v["latency"]} for k, v in data.items()}
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(doubled))
+    assert main(["bench", "costs", "--table", str(path), "--refit", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    held = {r["metric"]: r for r in out["rows"] if r["split"] == "held-out"}
+    assert held["latency_ms"]["median_ratio"] == pytest.approx(1.0, abs=0.05)
+    assert out["fitted"]["dram_bits_per_cycle"] < 240  # half the speed, found in the fit
+
+
+def test_cost_on_the_apq_table_names_the_shapes_it_lacks(capsys) -> None:
+    table = f"table:{BITFUSION_TABLE}"
+    assert main(["cost", "--experiment", "paper", "--uniform", "8", "--hw", table]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "missing 14 shape(s): (3, 32, 224, 3, 2, 1, 1)" in err
+
+
+def test_bench_costs_bad_input_is_one_line(tmp_path, capsys) -> None:
+    by_layer = tmp_path / "by_layer.csv"
+    by_layer.write_text("layer,w_bits,a_bits,latency_ms\nconv,8,8,1.0\n")
+    assert main(["bench", "costs", "--table", str(by_layer)]) == 2
+    assert "keyed by layer" in capsys.readouterr().err
+    assert main(["bench", "costs", "--hw", "size"]) == 2
+    assert "share no latency_ms" in capsys.readouterr().err
