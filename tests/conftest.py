@@ -171,7 +171,8 @@ def tiny_preset(tmp_path) -> str:
         "\n[baselines]\nevaluations = 3\nhaq_warmup = 1\n"
         "[aqgan]\nsteps = 60\nfidelity_targets = 2\nfidelity_top = 1\nverify_top = 1\n"
         "proposals = 200\nrefine_rounds = 1\nrefine_targets = 2\n"
-        '[design]\nhw = ["bismo-edge", "bitfusion"]\nbudgets = ["energy_mj=0.5x"]\n'
+        '[design]\nhw = ["bismo-edge", "bitfusion"]\n'
+        'budgets = ["energy_mj=0.5x", "bitfusion:latency_ms=0.75x"]\n'
         'search_hw = ["bismo-edge"]\n'
     )
     path = tmp_path / "tiny.toml"

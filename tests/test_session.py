@@ -40,7 +40,7 @@ hw = aq.get_hw_model("bitfusion", layers, [2, 3, 4, 5, 6, 7, 8])
 import numpy as np
 w = np.full((2, len(layers)), 4); w[1] = 8
 priced = hw.batch(layers, w, w)
-budget = aq.parse_budget("energy_mj=0.5x", hw, layers)
+budget = aq.parse_budget("latency_ms=0.75x", hw, layers)
 print(json.dumps({
     "layers": len(layers), "fp_val_acc": info["fp_val_acc"], "val_acc": r["val_acc"],
     "evaluated_now": collected["evaluated_now"], "total": collected["total"],
@@ -52,7 +52,7 @@ print(json.dumps({
     "ray_after_session": ray_after_session, "ray_after_run": "ray" in sys.modules,
     "search_cost_methods": sorted(set(result.search_cost["method"])),
     "search_cost_rows": len(result.search_cost), "report": str(result.report),
-    "energy": priced["energy_mj"].tolist(), "budget": budget.value,
+    "latency": priced["latency_ms"].tolist(), "budget": budget.value,
 }))
 """
 
@@ -87,8 +87,8 @@ def test_the_contract_example_runs_in_process_without_ray(
     assert not out["ray_after_session"] and not out["ray_after_run"]
     assert out["search_cost_methods"] == ["aqgan", "haq", "optuna", "random", "uniform"]
     assert (tmp_path / "results" / "smoke" / "report.md").is_file()
-    assert out["energy"][0] < out["energy"][1] and out["budget"] == pytest.approx(
-        0.5 * out["energy"][1]
+    assert out["latency"][0] < out["latency"][1] and out["budget"] == pytest.approx(
+        0.75 * out["latency"][1]
     )
 
 
