@@ -23,7 +23,7 @@ def test_design_points_are_each_model_with_its_budgets_and_the_searching_subset(
     assert [p.label for p in planned] == [
         "bismo-edge energy_mj=0.35x", "bismo-edge energy_mj=0.5x",
         "bismo-cloud energy_mj=0.35x", "bismo-cloud energy_mj=0.5x",
-        "bitfusion latency_ms=0.6x", "bitfusion latency_ms=0.75x",
+        "bitfusion latency_ms=0.7x", "bitfusion latency_ms=0.85x",
     ]  # fmt: skip
     assert all(p.merged == () for p in planned)
     subset = [p for p in planned if runs_on("haq", p, exp)]
