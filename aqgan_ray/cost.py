@@ -200,21 +200,23 @@ class BitFusionHardware:
     interface_bits: int = 192
     partial_sum_bits: int = 32
     # --- fitted to APQ's Bit Fusion table (values written by calibrate.fit_bitfusion) ---
-    # Cycles of the dense tiling formula actually spent: below 1 because the simulator's tiling
-    # optimiser overlaps what the formula serialises.
+    # Share of the dense tiling formula's cycles the simulator reports (its loop-order and tile
+    # optimiser is not a closed formula; fitted).
     dense_compute_scale: float = 0.5907
-    # Depthwise layers use one Fusion Unit row per channel in APQ's simulator; MACs per cycle at
-    # 8 bits (the same precision scaling as dense layers applies).
+    # Depthwise layers: Bit Fusion's simulator has no grouped convolution; APQ's table prices them
+    # at about this many MACs per cycle at 8 bits (the dense precision scaling applies).
     depthwise_macs_per_cycle: float = 7.614
     # Fraction of the shorter of compute and DRAM time that is not hidden behind the longer.
     overlap_loss: float = 0.7082
-    # Effective DRAM interface width: the simulator keeps some tiles on chip between loops.
+    # Effective DRAM width, above the 192-bit interface: the simulator moves less than our traffic
+    # count (every tensor once, partial sums out and back).
     dram_bits_per_cycle: float = 240.3
     # Fraction of the weight load that precedes compute (the first tile), not overlapped.
     weight_preload: float = 0.2777
     layer_overhead_cycles: float = 732.6
-    # Energy: power while a layer runs (static + array) and DRAM energy per bit moved; depthwise
-    # layers run at lower power but pay per MAC (their SRAM traffic per MAC is higher).
+    # Energy: energy per cycle while a layer runs (the simulator's energy follows its latency,
+    # about 1.8 mJ per ms on dense layers) and per DRAM bit; depthwise layers fit best with less
+    # per cycle and a cost per MAC.
     dense_energy_pj_per_cycle: float = 2316.0
     depthwise_energy_pj_per_cycle: float = 870.9
     depthwise_energy_pj_per_mac: float = 75.41
