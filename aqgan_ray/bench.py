@@ -195,7 +195,12 @@ def bench_generate(
     }
 
 
-def bench_costs(table: str | None = None, hw: str = "bitfusion", refit: bool = False):
+def bench_costs(
+    table: str | None = None,
+    hw: str = "bitfusion",
+    refit: bool = False,
+    hold_out: str | None = None,
+):
     """A cost model against a simulator's table keyed by layer shape (default: APQ's Bit Fusion
     table): the ``calibrate.figures`` per metric on the fitted and held-out shapes. ``refit``
     first fits Bit Fusion's free constants to this table (a user's own simulator) and reports
@@ -207,11 +212,13 @@ def bench_costs(table: str | None = None, hw: str = "bitfusion", refit: bool = F
     from aqgan_ray.errors import UserError
 
     frame = calibrate.load_shape_table(table or calibrate.BITFUSION_TABLE).frame
-    held = calibrate.held_out(frame)
+    held = calibrate.held_out(frame, hold_out)
     fitted = None
     if refit:
         if "latency_ms" not in frame or "energy_mj" not in frame:
             raise UserError("--refit needs a table with both latency_ms and energy_mj")
+        if (frame[["latency_ms", "energy_mj"]] <= 0).any().any():
+            raise UserError("--refit needs positive latency_ms and energy_mj in every row")
         fitted = calibrate.rounded(calibrate.fit_bitfusion(frame, held))
         model = BitFusionModel(fitted, name="bitfusion (refitted)")
     else:

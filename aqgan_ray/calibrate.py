@@ -2,9 +2,10 @@
 figures that say how well any model agrees with a table keyed by layer shape.
 
 The figures, per metric and per split (fitted shapes, held-out shapes): Spearman rank
-correlation over every (shape, bits) entry, the median ratio ours / theirs, and the median over
-shapes of the W4A4/W8A8 and W4A8/W8A4 ratios, ours and theirs (how a model prices bits is what a
-search optimises, more than its absolute scale).
+correlation over every (shape, bits) entry, the median over shapes of the Spearman across one
+shape's bit widths, the median ratio ours / theirs, and the median over shapes of the W4A4/W8A8
+and W4A8/W8A4 ratios, ours and theirs (how a model prices bits is what a search optimises, more
+than its absolute scale).
 """
 
 from __future__ import annotations
@@ -66,8 +67,26 @@ def _shape_keys(frame: pd.DataFrame) -> pd.Series:
     return pd.Series(list(zip(*(frame[c] for c in SHAPE_COLUMNS), strict=True)), index=frame.index)
 
 
-def held_out(frame: pd.DataFrame, fraction: float = HOLDOUT_FRACTION, seed: int = HOLDOUT_SEED):
-    """Boolean mask of the rows whose shape is held out of the fit (a seeded share of shapes)."""
+def held_out(
+    frame: pd.DataFrame,
+    family: str | None = None,
+    fraction: float = HOLDOUT_FRACTION,
+    seed: int = HOLDOUT_SEED,
+) -> np.ndarray:
+    """Boolean mask of the rows held out of the fit: a seeded share of the shapes, or a whole
+    ``family`` such as ``"input_size=28"`` or ``"kernel=5"`` (extrapolation, not interpolation
+    between neighbouring channel counts)."""
+    if family is not None:
+        column, sep, value = family.partition("=")
+        if not sep or column not in SHAPE_COLUMNS or not value.strip().isdigit():
+            raise UserError(
+                f"--hold-out {family!r} is not COLUMN=INTEGER with COLUMN one of "
+                f"{', '.join(SHAPE_COLUMNS)}"
+            )
+        mask = (frame[column] == int(value)).to_numpy()
+        if not mask.any() or mask.all():
+            raise UserError(f"--hold-out {family}: no shape or every shape matches; pick another")
+        return mask
     keys = _shape_keys(frame)
     shapes = sorted(set(keys))
     order = np.random.default_rng(seed).permutation(len(shapes))
@@ -114,6 +133,7 @@ def figures(frame: pd.DataFrame, ours: pd.DataFrame, held: np.ndarray) -> pd.Dat
                 "shape": keys[mask], "w": frame.loc[mask, "w_bits"],
                 "a": frame.loc[mask, "a_bits"], "theirs": theirs, "ours": mine,
             })  # fmt: skip
+            row["per_shape_spearman"] = _per_shape_spearman(table)
             wide = table.pivot_table(index="shape", columns=["w", "a"], values=["ours", "theirs"])
             for label, num, den in (("w4a4_w8a8", (4, 4), (8, 8)), ("w4a8_w8a4", (4, 8), (8, 4))):
                 for side in ("ours", "theirs"):
@@ -124,6 +144,18 @@ def figures(frame: pd.DataFrame, ours: pd.DataFrame, held: np.ndarray) -> pd.Dat
                     row[f"{label}_{side}"] = float(ratio.median()) if len(ratio) else np.nan
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _per_shape_spearman(table: pd.DataFrame) -> float:
+    """Median over shapes of the rank correlation across their bit widths: how well a model
+    orders the bits of one layer, which is what a search trades (pooled Spearman is dominated
+    by layer size). Shapes where either side is constant are skipped."""
+    values = [
+        _spearman(group["ours"].to_numpy(), group["theirs"].to_numpy())
+        for _, group in table.groupby("shape")
+        if len(group) >= 3 and group["ours"].nunique() > 1 and group["theirs"].nunique() > 1
+    ]
+    return float(np.median(values)) if values else np.nan
 
 
 def _fit_arrays(frame: pd.DataFrame) -> tuple[_Geometry, np.ndarray, np.ndarray]:

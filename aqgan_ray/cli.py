@@ -227,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--refit", action="store_true", help="costs: fit Bit Fusion's constants to this table first"
     )
+    p.add_argument(
+        "--hold-out",
+        default=None,
+        metavar="COLUMN=V",
+        help="costs: hold out a family of shapes (e.g. input_size=28) instead of a random quarter",
+    )
     p.add_argument("--repeats", type=int, default=5, help="eval: timed repetitions (median)")
     p.add_argument("--configs", type=int, default=24, help="scaling: configs per measurement")
     p.add_argument(
@@ -544,7 +550,7 @@ def _bench_costs(args: argparse.Namespace) -> dict[str, Any]:
     """Needs no experiment: a model, a table and the figures that compare them."""
     from aqgan_ray.bench import bench_costs
 
-    rows, constants = bench_costs(args.table, args.hw, args.refit)
+    rows, constants = bench_costs(args.table, args.hw, args.refit, args.hold_out)
     if args.output:
         from aqgan_ray.store import write_table
 

@@ -314,10 +314,11 @@ class BismoHardware:
 
 
 # Edge: Zynq-7020 (28 nm) on the PYNQ-Z1, HAQ's edge target at batch 1.
-# - Array: HAQ's hardware table gives the edge BISMO an 8 x 8 PE array; the BISMO docs
+# - Array: HAQ's hardware table (recalled) gives the edge BISMO 8 x 8 PEs; the BISMO docs
 #   (doc/platforms.md) list the largest PYNQ-Z1 build as 8x256x8 @ 200 MHz.
-# - Bandwidth: one 64-bit AXI HP port at 200 MHz = 1.6 GB/s (below the board's DDR3 peak,
-#   16-bit @ 1050 MT/s = 2.1 GB/s, Digilent PYNQ-Z1 reference manual).
+# - Bandwidth: one 64-bit AXI HP port at 200 MHz = 1.6 GB/s, as the BISMO PYNQ-Z1 build (HAQ's
+#   table lists 4 x 64-bit ports, recalled and not confirmed in our corpus; the board's DDR3 peak,
+#   16-bit @ 1050 MT/s = 2.1 GB/s per the Digilent PYNQ-Z1 reference manual, would cap them).
 # - *Assumption:* binary MAC 2.5 pJ: the 16 nm Ultra96 figure (1.04 pJ, below) scaled to 28 nm by
 #   feature size and supply squared (28/16 x (1.0 V / 0.85 V)^2 = 2.4x).
 # - *Assumption:* DDR3 at 160 pJ/byte (640 pJ per 32-bit DRAM access, Horowitz ISSCC 2014).
@@ -330,7 +331,7 @@ BISMO_EDGE = BismoHardware(
 
 # Cloud: Virtex UltraScale+ VU9P (16 nm, AWS F1), HAQ's cloud target at batch 16 (its cost
 # table's file name says batch16).
-# - Array and ports: HAQ's hardware table, 16 x 16 PEs and 4 x 256-bit AXI ports; dk = 256 and
+# - Array and ports: HAQ's hardware table (recalled), 16 x 16 PEs, 4 x 256-bit AXI ports; dk 256 and
 #   200 MHz as the PYNQ-Z1 build (*assumption*): 4 x 32 B x 200 MHz = 25.6 GB/s.
 # - Binary MAC 1.04 pJ: BISMO's README reports 15.4 binary TOPS on the 16 nm Ultra96 under 8 W
 #   (whole board), two ops per binary MAC: 2 x 8 / 15.4 (an upper bound: board power).
@@ -351,7 +352,8 @@ class BismoModel(CostModel):
     of B images, ``cycles_l = groups * ceil(N / dm) * ceil(B * M / dn) * ceil(K / dk) * w * a``.
     DRAM moves the weights once per batch and each image's input and output activations (the
     output requantized on chip to this layer's ``a_bits``: *simplification*, the next layer's
-    precision is not used), so at batch 16 activations, not weights, bound most layers.
+    precision is not used), so at batch 16 activations, not weights, dominate most layers'
+    traffic (and the DRAM part of their energy).
     ``latency_l = max(compute, dram)`` (double-buffered fetch and execute stages overlap);
     ``energy_l = B * macs * w * a * binary_mac_energy + bytes * dram_energy + static * latency``.
     Latency and energy are for one batch.
@@ -426,7 +428,7 @@ def get_hw_model(
 
 def _with_batch(model: CostModel, name: str, text: str) -> CostModel:
     """``bismo-edge@16``: the same machine at another batch (per-batch latency and energy)."""
-    if not text.isdigit() or not 1 <= int(text) <= 4096:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 4096:
         raise UserError(f"--hw {name!r}: the batch after '@' must be an integer in 1..4096")
     if isinstance(model, BitFusionModel):
         return BitFusionModel(model.hw, name, int(text))

@@ -37,13 +37,17 @@ SHAPE_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 _APQ_KEY = re.compile(r"^\((\d+), ?(\d+), ?(\d+), ?(\d+), ?(\d+), ?(\d+), ?(\d+)\)-W(\d+)A(\d+)$")
 _APQ_BLOCKS = ("head", "tail")
+_MAX_DIMENSION = 1 << 24  # channels, sizes and bits beyond this are a corrupt file
 
 
 def layer_shape(layer: Layer) -> tuple[int, ...] | None:
-    """The shape key of a layer, or None when it is not square (a shape table cannot hold it)."""
+    """The shape key of a layer, or None when it is not square (a shape table cannot hold it).
+
+    The layer table records no dilation: a dilated convolution is keyed as the undilated one
+    with the same output size (none of the shipped models has one)."""
     if layer.kind == "linear":
         return (layer.in_channels, layer.out_channels, 1, 1, 1, 0, 1)
-    if layer.in_h != layer.in_w or layer.kernel != layer.kernel_w:
+    if layer.in_h != layer.in_w or layer.kernel != layer.kernel_w or layer.out_h != layer.out_w:
         return None
     # The smallest padding that gives the traced output size (padding is not in the layer table).
     k, s, size = layer.kernel, layer.stride, layer.in_h
@@ -71,8 +75,19 @@ def read_table(path: Path) -> pd.DataFrame:
     raise UserError(f"cost table {path} must end in .csv, .parquet or .json, not {suffix!r}")
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    repeated = next((k for k in keys if keys.count(k) > 1), None)
+    if repeated is not None:
+        raise UserError(f"key {repeated!r} appears more than once; keep one entry per key")
+    return dict(pairs)
+
+
 def _read_apq_json(path: Path) -> pd.DataFrame:
-    data = json.loads(path.read_bytes())
+    try:
+        data = json.loads(path.read_bytes(), object_pairs_hook=_unique_keys)
+    except UserError as exc:
+        raise UserError(f"cost table {path}: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"cost table {path}: expected a JSON object of APQ-style entries")
     rows = []
@@ -91,6 +106,8 @@ def _read_apq_json(path: Path) -> pd.DataFrame:
         row = dict(zip(SHAPE_COLUMNS, shape, strict=True), w_bits=w, a_bits=a)
         for src, metric in (("latency", "latency_ms"), ("energy", "energy_mj")):
             if src in value:
+                if isinstance(value[src], bool) or not isinstance(value[src], (int, float)):
+                    raise UserError(f"cost table {path}: entry {key!r} has {src} {value[src]!r}")
                 row[metric] = value[src]
         rows.append(row)
     if not rows:
@@ -123,10 +140,19 @@ def _checked_frame(path: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, tuple
     frame = frame.copy()
     integer_columns = ("w_bits", "a_bits", *(keys if keys == SHAPE_COLUMNS else ()))
     for col in integer_columns:
-        values = pd.to_numeric(frame[col], errors="coerce")
-        if values.isna().any() or (values != values.round()).any() or (values < 0).any():
-            raise UserError(f"cost table {path}: column {col} must hold non-negative integers")
+        values = pd.to_numeric(frame[col], errors="coerce").astype(np.float64)
+        if (
+            not np.isfinite(values).all()
+            or (values != values.round()).any()
+            or (values < 0).any()
+            or (values > _MAX_DIMENSION).any()
+        ):
+            raise UserError(
+                f"cost table {path}: column {col} must hold integers within 0..{_MAX_DIMENSION}"
+            )
         frame[col] = values.astype(np.int64)
+    if keys == SHAPE_COLUMNS:
+        _check_shapes(path, frame)
     for col in ("w_bits", "a_bits"):
         bits = frame[col]
         if bits.min() < 1 or bits.max() > MAX_BITS:
@@ -151,6 +177,24 @@ def _checked_frame(path: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, tuple
             f"more than once; keep one row per combination"
         )
     return frame, keys
+
+
+def _check_shapes(path: Path, frame: pd.DataFrame) -> None:
+    """Every shape row must be a convolution that exists (a linear layer is kernel 1, stride 1)."""
+    positive = ("in_channels", "out_channels", "input_size", "kernel", "stride", "groups")
+    bad = (frame[list(positive)] < 1).any(axis=1)
+    bad |= (frame["in_channels"] % frame["groups"] != 0) | (
+        frame["out_channels"] % frame["groups"] != 0
+    )
+    bad |= frame["input_size"] + 2 * frame["padding"] < frame["kernel"]
+    if bad.any():
+        row = frame[bad].iloc[0]
+        shape = tuple(int(row[c]) for c in SHAPE_COLUMNS)
+        raise UserError(
+            f"cost table {path}: shape {shape} is not a convolution (channels, size, kernel, "
+            f"stride and groups at least 1, channels divisible by groups, kernel within the "
+            f"padded input)"
+        )
 
 
 class TableModel(CostModel):
@@ -236,12 +280,34 @@ class TableModel(CostModel):
         return sorted(set(self.frame["w_bits"]) | set(self.frame["a_bits"]))
 
     def _raise_missing(
-        self, layers: Sequence[Layer], li: int, w: int, a: int, count: int
+        self, layers: Sequence[Layer], entries: list[tuple[int, int, int]]
     ) -> NoReturn:
+        """``entries``: the (layer index, w_bits, a_bits) the table lacks, listed (up to 8)."""
+        shown = [
+            f"{layer_shape(layers[li]) if self.by_shape else layers[li].name} W{w}A{a}"
+            for li, w, a in entries[:8]
+        ]
+        more = f" and {len(entries) - 8} more" if len(entries) > 8 else ""
         raise UserError(
-            f"cost table {self.path} has no row for {self._where(layers[li], li)} with "
-            f"w_bits={w}, a_bits={a} ({count} combination(s) missing in all); it covers bits "
-            f"{self._covered_bits()}: measure the rest or restrict the bit choices to those"
+            f"cost table {self.path} lacks {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+            f" this needs: {'; '.join(shown)}{more}; it covers bits {self._covered_bits()}: "
+            f"measure the rest or restrict the bit choices to those"
+        )
+
+    def _raise_absent(self, layers: Sequence[Layer], dense: np.ndarray) -> None:
+        """Refuse a model with layers the table has no entry for at all, naming every shape."""
+        absent = [li for li in range(len(layers)) if np.isnan(dense[:, li]).all()]
+        if not absent:
+            return
+        first = self._where(layers[absent[0]], absent[0])
+        if self.by_shape:
+            shapes = sorted({layer_shape(layers[li]) for li in absent})
+            what = f"missing {len(shapes)} shape(s): {'; '.join(map(str, shapes))}"
+        else:
+            what = f"missing layers {[layers[li].name for li in absent]}"
+        raise UserError(
+            f"cost table {self.path} covers no entry for {len(absent)} of the model's "
+            f"{len(layers)} layers, first {first}; {what}"
         )
 
     def check(self, layers: Sequence[Layer], bit_choices: Sequence[int]) -> None:
@@ -249,30 +315,26 @@ class TableModel(CostModel):
         bits = np.asarray(sorted(set(bit_choices)), dtype=np.int64)
         if bits.size == 0 or bits[0] < 1 or bits[-1] > MAX_BITS:
             raise UserError(f"bit choices {list(bit_choices)} must lie within 1..{MAX_BITS}")
-        absent = [li for li in range(len(layers)) if np.isnan(dense[:, li]).all()]
-        if absent:
-            shapes = sorted({layer_shape(layers[li]) for li in absent}) if self.by_shape else []
-            listed = "; ".join(map(str, shapes[:6])) + (" ..." if len(shapes) > 6 else "")
-            what = f"{len(shapes)} shape(s): {listed}" if self.by_shape else "those layers"
-            raise UserError(
-                f"cost table {self.path} covers no entry for {len(absent)} of the model's "
-                f"{len(layers)} layers, first {self._where(layers[absent[0]], absent[0])}; "
-                f"missing {what}"
-            )
+        self._raise_absent(layers, dense)
         present = ~np.isnan(dense[:, :, bits[:, None], bits[None, :]]).any(axis=0)
         if not present.all():
-            li, wi, ai = (int(v[0]) for v in np.nonzero(~present))
-            self._raise_missing(layers, li, int(bits[wi]), int(bits[ai]), int((~present).sum()))
+            lacking = np.argwhere(~present)  # rows (layer, w index, a index), layer-major
+            self._raise_missing(
+                layers, [(int(li), int(bits[wi]), int(bits[ai])) for li, wi, ai in lacking]
+            )
 
     def batch(
         self, layers: Sequence[Layer], w_bits: np.ndarray, a_bits: np.ndarray
     ) -> dict[str, np.ndarray]:
         w, a = _bit_arrays(layers, w_bits, a_bits)
         dense = self._lookup(layers)
+        self._raise_absent(layers, dense)
         cols = np.arange(len(layers))[None, :]
         values = dense[:, cols, w, a]  # [n_metrics, n_configs, n_layers]
         missing = np.isnan(values).any(axis=0)
         if missing.any():
-            ci, li = (int(v[0]) for v in np.nonzero(missing))
-            self._raise_missing(layers, li, int(w[ci, li]), int(a[ci, li]), int(missing.sum()))
+            lacking = sorted(
+                {(int(li), int(w[ci, li]), int(a[ci, li])) for ci, li in np.argwhere(missing)}
+            )
+            self._raise_missing(layers, lacking)
         return {metric: values[m].sum(axis=1) for m, metric in enumerate(self.metrics)}

@@ -270,9 +270,7 @@ class Session:
         # Checked against the architecture's layer table first, so a typo fails at once rather
         # than after minutes of training the base model.
         config = self._checked(config)
-        choices = self.experiment.quant.bit_choices
-        for name in hw:
-            get_hw_model(name, self.layers, choices)
+        cost = costs_of(hw, self.layers, config)  # refuses a bad hardware model before training
         prepared, splits = self._prepare()
         if prepared.layer_names != config.layers:
             raise RuntimeError("the trained model's layer table differs from its architecture's")
@@ -286,7 +284,7 @@ class Session:
             "fp_val_acc": prepared.fp_val_acc,
             "fp_test_acc": prepared.fp_test_acc,
             "eval_s": result.eval_s,
-            "cost": costs_of(hw, prepared.layers, config),
+            "cost": cost,
         }
 
     def _checked(self, config: QuantConfig) -> QuantConfig:
@@ -607,14 +605,13 @@ def costs_of(
 ) -> dict[str, Any]:
     """The contract's cost object, plus any ``hw_names`` model it does not already hold.
 
-    A lookup table is checked against the bits this config uses (not every bit choice), so a
-    table measured at 4/6/8 bits prices a 4/6/8-bit config."""
+    A lookup table needs only the entries this config uses (a table measured at 4/6/8 bits
+    prices a 4/6/8-bit config); what it lacks is named."""
     cost = config_costs(layers, config)
-    used = sorted(set(config.w_bits) | set(config.a_bits))
     for name in hw_names:
         if name in cost:
             continue
-        model = get_hw_model(name, layers, used)
+        model = get_hw_model(name)
         values = model.batch(layers, np.asarray([config.w_bits]), np.asarray([config.a_bits]))
         cost[name] = {metric: float(v[0]) for metric, v in values.items()}
     return cost

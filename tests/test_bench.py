@@ -15,6 +15,7 @@ def test_bench_costs_reports_fitted_and_held_out_figures(tmp_path, capsys) -> No
     out = tmp_path / "costs.parquet"
     assert main(["bench", "costs", "--json", "--output", str(out)]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
+    assert all(0.9 <= r["per_shape_spearman"] <= 1 for r in rows)
     assert [(r["metric"], r["split"]) for r in rows] == [
         ("latency_ms", "fitted"), ("latency_ms", "held-out"),
         ("energy_mj", "fitted"), ("energy_mj", "held-out"),
@@ -52,3 +53,9 @@ def test_bench_costs_bad_input_is_one_line(tmp_path, capsys) -> None:
     assert "keyed by layer" in capsys.readouterr().err
     assert main(["bench", "costs", "--hw", "size"]) == 2
     assert "share no latency_ms" in capsys.readouterr().err
+    assert main(["bench", "costs", "--hold-out", "colour=5"]) == 2
+    assert "is not COLUMN=INTEGER" in capsys.readouterr().err
+    zero = tmp_path / "zero.json"
+    zero.write_text('{"(1, 4, 8, 3, 1, 1, 1)-W8A8": {"latency": 0, "energy": 1}}')
+    assert main(["bench", "costs", "--table", str(zero), "--refit"]) == 2
+    assert "positive latency_ms" in capsys.readouterr().err

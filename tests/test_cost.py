@@ -218,6 +218,7 @@ def test_batch_suffix() -> None:
         ("bismo-edge@0", "1..4096"),
         ("bismo-edge@x", "1..4096"),
         ("size@2", "batch"),
+        ("bitfusion@\u00b2", "1..4096"),
     ):
         with pytest.raises(UserError, match=match):
             get_hw_model(bad)

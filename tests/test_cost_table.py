@@ -62,12 +62,12 @@ def test_table_missing_row_is_reported_at_load(tmp_path) -> None:
     path = tmp_path / "holes.csv"
     frame.to_csv(path, index=False)
     with pytest.raises(
-        UserError, match=r"no row for layer 'fc' \(index 1\) with w_bits=4, a_bits=8"
+        UserError, match=r"lacks 1 entry this needs: fc W4A8; it covers bits \[2, 4, 8\]"
     ):
         get_hw_model(f"table:{path}", layers=TINY, bit_choices=(2, 4, 8))
     # Pricing a bitwidth the table never measured is the same clear error, not a KeyError.
     model = get_hw_model(f"table:{path}")
-    with pytest.raises(UserError, match="w_bits=3, a_bits=8"):
+    with pytest.raises(UserError, match="lacks 1 entry this needs: conv W3A8;"):
         model.batch(TINY, np.array([[3, 8]]), np.array([[8, 8]]))
 
 
@@ -155,7 +155,12 @@ def test_missing_shapes_and_bits_are_named_up_front(tmp_path) -> None:
     with pytest.raises(UserError, match=r"no entry for 1 of the model's 2 layers.*\(256, 10, 1"):
         get_hw_model(f"table:{path}", layers=TINY, bit_choices=(4, 8))
     path.write_text(json.dumps(apq_json({CONV_SHAPE: 0.0, FC_SHAPE: 1.0})))
-    with pytest.raises(UserError, match=r"w_bits=2, a_bits=2 .* covers bits \[4, 8\]"):
+    # Every lacking entry is listed (up to 8, then a count).
+    with pytest.raises(
+        UserError,
+        match=r"lacks 10 entries this needs: \(1, 4, 8, 3, 1, 1, 1\) W2A2; "
+        r".* and 2 more; it covers bits \[4, 8\]",
+    ):
         get_hw_model(f"table:{path}", layers=TINY, bit_choices=(2, 4, 8))
 
 
@@ -169,6 +174,14 @@ def test_missing_shapes_and_bits_are_named_up_front(tmp_path) -> None:
         (b'{"(1, 4, 8, 3, 1, 1, 1)-W99A8": {"latency": 1}}', "within 1..16"),
         (b'{"(1, 4, 8, 3, 1, 1, 1)-W8A8": {"speed": 1}}', "needs 'latency'"),
         (b'{"head": {"latency": 1}}', "no layer entries"),
+        (b'{"(1, 4, 8, 3, 1, 1, 1)-W8A8": {"latency": true}}', "has latency True"),
+        (
+            b'{"(1, 4, 8, 3, 1, 1, 1)-W8A8": {"latency": 1}, "(1, 4, 8, 3, 1, 1, 1)-W8A8": '
+            b'{"latency": 2}}',
+            "appears more than once",
+        ),
+        (b'{"(1, 4, 8, 3, 0, 1, 1)-W8A8": {"latency": 1}}', "is not a convolution"),
+        (b'{"(1, 4, 8, 3, 1, 1, 3)-W8A8": {"latency": 1}}', "is not a convolution"),
     ],
 )
 def test_malformed_json_is_one_line(tmp_path, content: bytes, match: str) -> None:
@@ -204,3 +217,34 @@ def test_apq_bitfusion_table_prices_mobilenet_v2_where_it_covers_it() -> None:
     eights = np.full((1, len(covered)), 8)
     priced = table.batch(covered, eights, eights)
     assert priced["latency_ms"][0] > 0 and priced["energy_mj"][0] > 0
+
+
+@pytest.mark.parametrize(
+    ("column", "value"), [("w_bits", "inf"), ("in_channels", "1e30"), ("kernel", "nan")]
+)
+def test_non_finite_or_absurd_numbers_are_one_line(tmp_path, column, value) -> None:
+    row = dict(in_channels=1, out_channels=4, input_size=8, kernel=3, stride=1, padding=1,
+               groups=1, w_bits=8, a_bits=8, latency_ms=1.0)  # fmt: skip
+    frame = pd.DataFrame([row]).astype(object)
+    frame.loc[0, column] = value
+    path = tmp_path / "bad.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserError, match=f"column {column} must hold integers within"):
+        get_hw_model(f"table:{path}")
+
+
+def test_a_config_needs_only_the_entries_it_uses(tmp_path) -> None:
+    from aqgan_ray.config import QuantConfig
+    from aqgan_ray.session import costs_of
+
+    # Only W4A4 and W4A8 measured: a W4/A8 config is priced; a W8/A8 one names what it lacks.
+    path = tmp_path / "lut.json"
+    entries = apq_json({CONV_SHAPE: 0.0, FC_SHAPE: 100.0}, bits=(4,))
+    for shape in (CONV_SHAPE, FC_SHAPE):
+        entries[f"({', '.join(map(str, shape))})-W4A8"] = {"latency": 1.0, "energy": 0.1}
+    path.write_text(json.dumps(entries))
+    names = tuple(ly.name for ly in TINY)
+    priced = costs_of([f"table:{path}"], TINY, QuantConfig(names, (4, 4), (8, 8)))
+    assert priced[f"table:{path}"]["latency_ms"] == 2.0
+    with pytest.raises(UserError, match="lacks 2 entries this needs"):
+        costs_of([f"table:{path}"], TINY, QuantConfig(names, (8, 8), (8, 8)))

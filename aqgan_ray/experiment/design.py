@@ -144,9 +144,10 @@ def runs_on(method: str, planned: Planned, exp) -> bool:
     if not METHODS[method].searching:
         return True
     design = exp.design
-    wanted = {split_budget(str(b))[1] for b in design.search_budgets}
+    wanted = [split_budget(str(b)) for b in design.search_budgets]
     return (not design.search_hw or planned.hw_name in design.search_hw) and (
-        not design.search_budgets or planned.budget_text in wanted
+        not design.search_budgets
+        or any(b == planned.budget_text and hw in (None, planned.hw_name) for hw, b in wanted)
     )
 
 

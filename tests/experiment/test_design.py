@@ -134,3 +134,14 @@ def test_a_budget_for_hardware_the_design_does_not_list_is_refused(tmp_path):
     )
     with pytest.raises(UserError, match="for hardware 'bitfusion', which design.hw does not list"):
         load_experiment(path=str(preset))
+
+
+def test_a_prefixed_search_budget_selects_that_models_point_only(smoke_layers, tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text(
+        'name = "p"\n[design]\nhw = ["bismo-edge", "bitfusion"]\n'
+        'budgets = ["latency_ms=0.9x"]\nsearch_budgets = ["bitfusion:latency_ms=0.9x"]\n'
+    )
+    exp = load_experiment(path=str(preset))
+    planned = design_points(exp, smoke_layers)
+    assert [p.label for p in planned if runs_on("optuna", p, exp)] == ["bitfusion latency_ms=0.9x"]
