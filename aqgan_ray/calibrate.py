@@ -34,7 +34,6 @@ _ENERGY_FIELDS = (
     "dense_energy_pj_per_cycle", "depthwise_energy_pj_per_cycle", "depthwise_energy_pj_per_mac",
     "dram_energy_pj_per_bit",
 )  # fmt: skip
-METRIC_COLUMNS = {"latency_ms": "latency_ms", "energy_mj": "energy_mj"}
 
 
 def load_shape_table(path: Path | str) -> TableModel:
