@@ -100,19 +100,31 @@ def design_points(exp, layers: Sequence[Layer]) -> list[Planned]:
     return planned
 
 
+def _probe(n_layers: int, choices: Sequence[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The uniform configs and ``_DISTINCT_SAMPLE`` seeded random ones: what a point's prices
+    are compared and fingerprinted on."""
+    rng = np.random.default_rng(seed)
+    bits = np.asarray(sorted(choices), dtype=np.int64)
+    uniform = np.repeat(bits[:, None], n_layers, 1)
+    w = np.concatenate([uniform, rng.choice(bits, (_DISTINCT_SAMPLE, n_layers))])
+    a = np.concatenate([uniform, rng.choice(bits, (_DISTINCT_SAMPLE, n_layers))])
+    return w, a
+
+
+def price_digest(point: DesignPoint) -> str:
+    """A fingerprint of what the point's hardware model charges (its budget metric on the probe
+    configs): a recalibrated model or an edited table is another search, not one to continue."""
+    w, a = _probe(len(point.layers), point.bit_choices, 0)
+    prices = np.asarray(point.costs(w, a), dtype=np.float64)
+    text = np.array2string(prices, precision=10, threshold=prices.size + 1)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _merge_identical(
     points: list[tuple[str, str, DesignPoint]], choices: Sequence[int], seed: int
 ) -> dict[int, list[int]]:
     """First index of each distinct point -> the later indices identical to it."""
-    rng = np.random.default_rng(seed)
-    n_layers = len(points[0][2].layers) if points else 0
-    bits = np.asarray(sorted(choices), dtype=np.int64)
-    w = np.concatenate(
-        [np.repeat(bits[:, None], n_layers, 1), rng.choice(bits, (_DISTINCT_SAMPLE, n_layers))]
-    )
-    a = np.concatenate(
-        [np.repeat(bits[:, None], n_layers, 1), rng.choice(bits, (_DISTINCT_SAMPLE, n_layers))]
-    )
+    w, a = _probe(len(points[0][2].layers) if points else 0, choices, seed)
     signatures = []
     for _, _, point in points:
         costs = point.hw.batch(point.layers, w, a)[point.budget.metric]
@@ -161,6 +173,7 @@ def identity(method: str, planned: Planned, eval_key: str, extra: dict | None = 
     return {
         "method": method,
         "hw": planned.point.hw.name,
+        "hw_prices": price_digest(planned.point),
         "metric": budget.metric,
         "budget": budget.value,
         "seed": planned.seed,

@@ -145,3 +145,20 @@ def test_a_prefixed_search_budget_selects_that_models_point_only(smoke_layers, t
     exp = load_experiment(path=str(preset))
     planned = design_points(exp, smoke_layers)
     assert [p.label for p in planned if runs_on("optuna", p, exp)] == ["bitfusion latency_ms=0.9x"]
+
+
+def test_a_search_identity_fingerprints_the_prices(smoke_layers):
+    import dataclasses
+
+    from aqgan_ray.cost import BitFusionHardware, BitFusionModel
+    from aqgan_ray.experiment.design import identity
+
+    exp = load_experiment("smoke")
+    planned = next(p for p in design_points(exp, smoke_layers) if p.hw_name == "bitfusion")
+    same = identity("random", planned, "key")
+    assert same == identity("random", planned, "key")
+    # Recalibrated constants under the same name and budget: another search, not one to continue.
+    slower = BitFusionModel(dataclasses.replace(BitFusionHardware(), layer_overhead_cycles=900.0))
+    point = dataclasses.replace(planned.point, hw=slower)
+    other = identity("random", dataclasses.replace(planned, point=point), "key")
+    assert other["hw"] == same["hw"] and other["hw_prices"] != same["hw_prices"]
