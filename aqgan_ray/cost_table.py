@@ -206,7 +206,7 @@ class TableModel(CostModel):
         self.frame = frame
         self.keys = keys
         self.metrics = tuple(m for m in METRICS if m in frame.columns)
-        self._dense: dict[tuple[str, ...], np.ndarray] = {}
+        self._dense: dict[tuple[Layer, ...], np.ndarray] = {}
 
     @property
     def by_shape(self) -> bool:
@@ -260,7 +260,7 @@ class TableModel(CostModel):
 
     def _lookup(self, layers: Sequence[Layer]) -> np.ndarray:
         """Dense [n_metrics, n_layers, MAX_BITS+1, MAX_BITS+1] array, NaN where no row exists."""
-        key = tuple(ly.name for ly in layers) + tuple(map(str, layers))
+        key = tuple(layers)  # frozen dataclasses: the table itself is the key
         if key not in self._dense:
             w = self.frame["w_bits"].to_numpy()
             a = self.frame["a_bits"].to_numpy()
