@@ -271,8 +271,9 @@ def _session(args: argparse.Namespace, exp: Experiment) -> Session:
 def _config(args: argparse.Namespace, s: Session):
     from aqgan_ray.config import QuantConfig, parse_bits
 
-    if args.uniform is not None:
-        return QuantConfig.uniform(s.layer_names, args.uniform)
+    if args.uniform is not None:  # "4-bit" in HAQ's space: the first and last layers at 8
+        config = QuantConfig.uniform(s.layer_names, args.uniform)
+        return config.pinned() if s.experiment.quant.keep_first_last else config
     return parse_bits(args.bits, s.layer_names)
 
 

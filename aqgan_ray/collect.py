@@ -1,14 +1,20 @@
-"""``collect``: grow the evaluation store to N distinct configs, the data AQGAN trains on.
+"""``collect``: grow the store's collected rows to N distinct configs, the data AQGAN trains on.
 
-Idempotent by construction: the target is a store size, not a number of new evaluations, and
-the sampler is told every stored row first, so running it again after Ctrl-C (or a killed
-driver) evaluates only what is missing, and running it with the same N does nothing.
+Idempotent by construction: the target is a number of collected rows (``source`` = collect),
+not of new evaluations, and the sampler is told every collected row first, so running it again
+after Ctrl-C (or a killed driver) evaluates only what is missing, and running it with the same N
+does nothing.
+
+AQGAN learns only from what it paid for: rows other methods stored (a baseline run first) are
+neither told to the sampler nor counted, and a drawn config already stored by another method is
+drawn again rather than taken as a free row, so every collected row is an evaluation collection
+ran and its one-time cost counts.
 
 Reproducible by construction too: configs are drawn in rounds (``SamplerSpec.round_size``), each
 round from the results of the earlier ones and a random stream seeded by the experiment seed and
-the store size at the round's start. Results reach the driver in an order set by timing (worker
-speed, a replaced actor, the cluster's size); draws interleaved with arrivals made two
-collections of one preset differ, and the models trained on them with them
+the number of collected rows at the round's start. Results reach the driver in an order set by
+timing (worker speed, a replaced actor, the cluster's size); draws interleaved with arrivals made
+two collections of one preset differ, and the models trained on them with them
 (docs/measurements.md). The same seed and size now give the same store on a laptop or a cluster.
 """
 
@@ -35,9 +41,9 @@ COMPACT_OVER_PARTS = 32
 
 @dataclass(frozen=True)
 class CollectStats:
-    requested: int  # the store size asked for
+    requested: int  # the collected rows asked for
     evaluated_now: int
-    total: int  # distinct configs in the store afterwards
+    total: int  # distinct configs collected afterwards (other methods' rows not counted)
     node_ids: tuple[str, ...]  # nodes that ran this call's evaluations
     wall_s: float
     eval_cpu_s: float  # sum of evaluator seconds (per evaluation, summed over actors)
@@ -49,7 +55,8 @@ class CollectStats:
 
 
 def sampler_seed(experiment_seed: int, stored: int) -> int:
-    """A fresh stream per round (and resume point), reproducible from the seed and store size."""
+    """A fresh stream per round (and resume point), reproducible from the seed and the number
+    of collected rows."""
     digest = hashlib.sha256(f"collect:{experiment_seed}:{stored}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
@@ -63,10 +70,11 @@ def collect(
     progress: bool = True,
     on_result: Callable[[Outcome], None] | None = None,
     spec: SamplerSpec | None = None,
+    keep_first_last: bool = False,
 ) -> CollectStats:
     if samples < 0:
         raise UserError("--samples must be a non-negative number of configs")
-    space = space_size(len(layer_names), len(bit_choices))
+    space = space_size(len(layer_names), len(bit_choices), keep_first_last)
     if samples > space:
         raise UserError(
             f"--samples {samples} exceeds the {space} distinct configs of {len(layer_names)} "
@@ -75,15 +83,18 @@ def collect(
     store = service.store
     start = time.perf_counter()
     spec = spec or SamplerSpec()
-    sampler = CollectionSampler(layer_names, bit_choices, 0, spec)
+    sampler = CollectionSampler(layer_names, bit_choices, 0, spec, keep_first_last)
+    collected: set[str] = set()
     for row in store.rows():
-        sampler.tell(QuantConfig(layer_names, row["w_bits"], row["a_bits"]), row["val_acc"])
-    need = max(0, samples - len(store))
+        if row["source"] == SOURCE:
+            collected.add(row["config_hash"])
+            sampler.tell(QuantConfig(layer_names, row["w_bits"], row["a_bits"]), row["val_acc"])
+    need = max(0, samples - len(collected))
     labels: dict[str, str] = {}  # hash -> how it was drawn, for this call's rows
 
     def draw_round() -> list[QuantConfig]:
         """The next round, all drawn before any of its results is in."""
-        stored = len(store)
+        stored = len(collected)
         sampler.reseed(sampler_seed(seed, stored))
         size = min(spec.round_size - stored % spec.round_size, samples - stored)
         batch: list[QuantConfig] = []
@@ -95,7 +106,7 @@ def collect(
             else:
                 raise UserError(
                     f"the sampler found no new config in {MAX_REDRAWS} draws; the store "
-                    f"already holds {len(store)} configs of this space"
+                    f"already holds {len(store)} configs of this space ({stored} collected)"
                 )
             labels[config.hash] = name
             batch.append(config)
@@ -107,9 +118,10 @@ def collect(
     bar = tqdm(total=need, desc="collect", unit="eval", disable=not progress or need == 0)
     try:
         with store:
-            while len(store) < samples:
+            while len(collected) < samples:
                 batch = draw_round()
                 for outcome in service.imap(batch, SOURCE, lambda c: labels.get(c.hash)):
+                    collected.add(outcome.config.hash)
                     sampler.tell(outcome.config, outcome.val_acc)
                     done += 1
                     cpu_s += outcome.eval_s
@@ -126,7 +138,7 @@ def collect(
     return CollectStats(
         requested=samples,
         evaluated_now=done,
-        total=len(store),
+        total=len(collected),
         node_ids=tuple(sorted(nodes)),
         wall_s=time.perf_counter() - start,
         eval_cpu_s=cpu_s,

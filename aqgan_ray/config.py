@@ -8,12 +8,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from aqgan_ray.errors import UserError
 
 DEFAULT_BIT_CHOICES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
 # Why 2..16: a signed 1-bit symmetric quantizer has no non-zero level, so weights need >= 2 bits;
 # above 16 bits linear quantization is indistinguishable from float for these models.
 MIN_BITS, MAX_BITS = 2, 16
+# HAQ's search space (``_keep_first_last_layer`` in mit-han-lab/haq): the first layer's weights
+# and the last layer's weights and input stay at 8 bits, and the image entering the first layer
+# is not quantized at all (it is 8-bit already, so hardware models price it at 8 bits).
+PINNED_BITS = 8
+
+
+def pin_first_last(w_bits: np.ndarray, a_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of ``[..., layers]`` bit arrays with the first and last layers at ``PINNED_BITS``."""
+    w, a = np.array(w_bits, copy=True), np.array(a_bits, copy=True)
+    for bits in (w, a):
+        bits[..., 0] = bits[..., -1] = PINNED_BITS
+    return w, a
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,22 @@ class QuantConfig:
                         f"{kind}[{i}] = {b} (layer {self.layers[i]}) is not one of the allowed "
                         f"bitwidths {sorted(allowed)}"
                     )
+        return self
+
+    def pinned(self) -> QuantConfig:
+        """This config in HAQ's search space (``pin_first_last``)."""
+        w, a = pin_first_last(np.asarray(self.w_bits), np.asarray(self.a_bits))
+        return QuantConfig(self.layers, tuple(w.tolist()), tuple(a.tolist()))
+
+    def check_pinned(self) -> QuantConfig:
+        """Raise a UserError unless the first and last layers are at ``PINNED_BITS``."""
+        if self != self.pinned():
+            raise UserError(
+                f"the config sets w_bits[0]={self.w_bits[0]}, a_bits[0]={self.a_bits[0]}, "
+                f"w_bits[-1]={self.w_bits[-1]}, a_bits[-1]={self.a_bits[-1]}, but [quant] "
+                f"keep_first_last keeps the first and last layers at {PINNED_BITS} bits (as HAQ); "
+                "set them to 8 or set keep_first_last = false"
+            )
         return self
 
     def to_dict(self) -> dict:

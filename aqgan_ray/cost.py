@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aqgan_ray.config import DEFAULT_BIT_CHOICES, MAX_BITS, QuantConfig
+from aqgan_ray.config import DEFAULT_BIT_CHOICES, MAX_BITS, QuantConfig, pin_first_last
 from aqgan_ray.errors import UserError
 from aqgan_ray.layers import Layer
 
@@ -471,17 +471,30 @@ class Budget:
     relative: float | None = None
 
 
-def uniform_cost(model: CostModel, layers: Sequence[Layer], bits: int, metric: str) -> float:
-    """``metric`` of the config with every weight and activation at ``bits``."""
+def uniform_cost(
+    model: CostModel, layers: Sequence[Layer], bits: int, metric: str, pinned: bool = False
+) -> float:
+    """``metric`` of the config with every weight and activation at ``bits`` (the first and
+    last layers at 8 bits if ``pinned``: ``config.pin_first_last``)."""
     w = np.full((1, len(layers)), bits, dtype=np.int64)
-    return float(model.batch(layers, w, w)[metric][0])
+    a = w
+    if pinned:
+        w, a = pin_first_last(w, a)
+    return float(model.batch(layers, w, a)[metric][0])
 
 
-def parse_budget(text: str, model: CostModel, layers: Sequence[Layer], min_bits: int = 2) -> Budget:
+def parse_budget(
+    text: str,
+    model: CostModel,
+    layers: Sequence[Layer],
+    min_bits: int = 2,
+    keep_first_last: bool = False,
+) -> Budget:
     """Parse ``--budget METRIC=VALUE``; ``VALUE`` is absolute or ``0.5x`` the all-8-bit cost.
 
-    A budget below the all-``min_bits`` cost is refused here: no config can meet it, and a search
-    would otherwise spend its whole budget finding that out.
+    A budget below the cheapest config (all ``min_bits``, with the first and last layers at 8
+    bits under ``keep_first_last``) is refused here: no config can meet it, and a search would
+    otherwise spend its whole budget finding that out.
     """
     metric, sep, raw = (part.strip() for part in text.partition("="))
     if not sep or not metric or not raw:
@@ -509,11 +522,14 @@ def parse_budget(text: str, model: CostModel, layers: Sequence[Layer], min_bits:
     if not math.isfinite(amount) or amount <= 0:
         raise UserError(f"--budget value {raw!r} must be a positive, finite number")
     value = amount * uniform_cost(model, layers, 8, metric) if relative else amount
-    floor = uniform_cost(model, layers, min_bits, metric)
+    floor = uniform_cost(model, layers, min_bits, metric, keep_first_last)
     if value < floor:
+        cheapest = f"all {min_bits}-bit" + (
+            " (first, last layers 8-bit)" if keep_first_last else ""
+        )
         raise UserError(
-            f"--budget {metric}={raw} ({value:.6g}) is below the cheapest config on {model.name}: "
-            f"all {min_bits}-bit costs {floor:.6g} {metric}; raise the budget to at least that"
+            f"--budget {metric}={raw} ({value:.6g}) is below the cheapest config on "
+            f"{model.name}: {cheapest} costs {floor:.6g} {metric}; raise the budget to that"
         )
     return Budget(metric, value, amount if relative else None)
 

@@ -61,7 +61,10 @@ class Evaluator:
             raise ValueError("fine-tuning needs training images")
         self.val, self.test, self.train = val, test, train
         model = prepared.folded_model().to(self.device, memory_format=torch.channels_last)
-        self.qmodel = QuantizedModel(model, prepared.layers, prepared.calibration, self.compiled)
+        keep = prepared.experiment.quant.keep_first_last
+        self.qmodel = QuantizedModel(
+            model, prepared.layers, prepared.calibration, self.compiled, keep_first_last=keep
+        )
 
     @classmethod
     def from_splits(
@@ -152,6 +155,7 @@ def evaluation_key(prepared: Prepared, val_x: Tensor, val_y: Tensor) -> str:
         "width": prepared.experiment.model.width,
         "dataset": prepared.experiment.data.name,
         "layers": list(prepared.layer_names),
+        "keep_first_last": prepared.experiment.quant.keep_first_last,  # the image unquantized
         "finetune": {k: v for k, v in asdict(spec).items() if k.startswith("finetune")},
         "finetune_seed": prepared.experiment.seed if spec.finetune_steps else None,
         "act_signed": list(prepared.calibration.act_signed),

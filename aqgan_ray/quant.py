@@ -201,7 +201,10 @@ class QuantizedModel:
         layers: Sequence[Layer],
         calibration: Calibration,
         compile: bool = False,
+        keep_first_last: bool = False,
     ):
+        """``keep_first_last``: HAQ's search space (``config.pin_first_last``); the first layer's
+        input, the image, is then never quantized, and a config must pin those layers."""
         if tuple(layer.name for layer in layers) != calibration.layers:
             raise ValueError("calibration was computed for a different layer table")
         self.model = model.eval()
@@ -218,8 +221,11 @@ class QuantizedModel:
         self._qmin, self._qmax = torch.zeros(n, device=device), torch.zeros(n, device=device)
         self._quantize_acts = False
         self._eager_params: list[tuple[float, int, int]] = []
+        self.keep_first_last = keep_first_last
         self._hooks = [
-            m.register_forward_pre_hook(self._act_hook(i)) for i, m in enumerate(self._modules)
+            m.register_forward_pre_hook(self._act_hook(i))
+            for i, m in enumerate(self._modules)
+            if not (keep_first_last and i == 0)
         ]
         self._forward = torch.compile(self.model) if compile else self.model
         self.config: QuantConfig | None = None
@@ -252,6 +258,8 @@ class QuantizedModel:
         if config.layers != self.layer_names:
             raise ValueError("config is for a different layer table than this model")
         config.validate(self.calibration.bit_choices)
+        if self.keep_first_last:
+            config.check_pinned()
 
     @torch.no_grad()
     def apply(self, config: QuantConfig) -> None:

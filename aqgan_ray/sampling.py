@@ -62,8 +62,11 @@ class CollectionSampler:
         bit_choices: Sequence[int],
         seed: int,
         spec: SamplerSpec | None = None,
+        keep_first_last: bool = False,
     ):
+        """``keep_first_last``: every draw in HAQ's search space (``config.pin_first_last``)."""
         self.layer_names = tuple(layer_names)
+        self.keep_first_last = keep_first_last
         self.choices = np.array(sorted(bit_choices))
         self.spec = spec or SamplerSpec()
         self.rng = np.random.default_rng(seed)
@@ -94,11 +97,12 @@ class CollectionSampler:
         return self._level_jitter(), "level-jitter"
 
     def _config(self, w_idx: np.ndarray, a_idx: np.ndarray) -> QuantConfig:
-        return QuantConfig(
+        config = QuantConfig(
             self.layer_names,
             tuple(int(b) for b in self.choices[w_idx]),
             tuple(int(b) for b in self.choices[a_idx]),
         )
+        return config.pinned() if self.keep_first_last else config
 
     def _random(self) -> QuantConfig:
         n, k = len(self.layer_names), len(self.choices)
@@ -134,6 +138,8 @@ class CollectionSampler:
         return np.clip(idx + step, 0, len(self.choices) - 1)
 
 
-def space_size(n_layers: int, n_choices: int) -> int:
-    """Distinct configs: every layer picks a weight and an activation bitwidth."""
-    return n_choices ** (2 * n_layers)
+def space_size(n_layers: int, n_choices: int, keep_first_last: bool = False) -> int:
+    """Distinct configs: every layer picks a weight and an activation bitwidth (all but the
+    first and last layers under ``keep_first_last``)."""
+    free = max(0, n_layers - 2) if keep_first_last else n_layers
+    return n_choices ** (2 * free)

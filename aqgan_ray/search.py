@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from aqgan_ray.atomic import write_atomic
-from aqgan_ray.config import QuantConfig
+from aqgan_ray.config import QuantConfig, pin_first_last
 from aqgan_ray.cost import Budget, CostModel, within_budget
 from aqgan_ray.errors import UserError
 from aqgan_ray.layers import Layer
@@ -49,13 +49,20 @@ class DesignPoint:
     bit_choices: tuple[int, ...]
     hw: CostModel
     budget: Budget
+    # HAQ's search space (``config.pin_first_last``): every config built or priced here has its
+    # first and last layers at 8 bits, whatever a method asked for. The experiment sets it from
+    # ``[quant] keep_first_last``.
+    keep_first_last: bool = False
 
     @property
     def layer_names(self) -> tuple[str, ...]:
         return tuple(layer.name for layer in self.layers)
 
     def costs(self, w_bits: np.ndarray, a_bits: np.ndarray) -> np.ndarray:
-        """The budget metric of a batch of configs (``[n, layers]`` arrays)."""
+        """The budget metric of a batch of configs (``[n, layers]`` arrays), each priced as
+        ``config`` would build it."""
+        if self.keep_first_last:
+            w_bits, a_bits = pin_first_last(w_bits, a_bits)
         return self.hw.batch(self.layers, w_bits, a_bits)[self.budget.metric]
 
     def cost(self, config: QuantConfig) -> float:
@@ -65,18 +72,21 @@ class DesignPoint:
         return bool(within_budget(np.array([self.cost(config)]), self.budget)[0])
 
     def config(self, w_bits: Sequence[int], a_bits: Sequence[int]) -> QuantConfig:
-        return QuantConfig(self.layer_names, tuple(w_bits), tuple(a_bits))
+        config = QuantConfig(self.layer_names, tuple(w_bits), tuple(a_bits))
+        return config.pinned() if self.keep_first_last else config
 
     def repair(self, config: QuantConfig) -> QuantConfig:
         """HAQ's budget enforcement: while the config is over budget, walk the layers from the
         last to the first, lowering each one's activation bits by one choice and then its weight
         bits by one choice, checking the budget after every change; never below the lowest
         choice. Every metric is monotone in every bitwidth (cost.py), and the all-lowest config
-        fits any budget ``parse_budget`` accepts, so this ends within budget.
+        (first and last layers pinned, as HAQ re-pins them after every change) fits any budget
+        ``parse_budget`` accepts with the same ``keep_first_last``, so this ends within budget.
 
         Used by every method that proposes configs freely (HAQ, TPE, random search), so they
         all meet the budget the same way.
         """
+        config = self.config(config.w_bits, config.a_bits)
         if self.fits(config):
             return config
         choices = list(self.bit_choices)

@@ -250,11 +250,9 @@ class Session:
 
     # -- one config -------------------------------------------------------------------------
     def config(self, w_bits: Sequence[int], a_bits: Sequence[int] | None = None) -> QuantConfig:
-        """A config of this model, checked against its layers and bit choices."""
+        """A config of this model, checked against its layers, bit choices and search space."""
         a_bits = w_bits if a_bits is None else a_bits
-        return QuantConfig(self.layer_names, tuple(w_bits), tuple(a_bits)).validate(
-            self.experiment.quant.bit_choices
-        )
+        return self._checked(QuantConfig(self.layer_names, tuple(w_bits), tuple(a_bits)))
 
     def cost(self, config: QuantConfig, hw: Sequence[str] = ()) -> dict[str, Any]:
         """Hardware costs of one config (the contract's cost object, plus any ``hw`` model it
@@ -290,7 +288,8 @@ class Session:
     def _checked(self, config: QuantConfig) -> QuantConfig:
         if tuple(config.layers) != self.layer_names:
             config = QuantConfig(self.layer_names, config.w_bits, config.a_bits)
-        return config.validate(self.experiment.quant.bit_choices)
+        config.validate(self.experiment.quant.bit_choices)
+        return config.check_pinned() if self.experiment.quant.keep_first_last else config
 
     # -- the evaluation service ---------------------------------------------------------------
     @property
@@ -383,6 +382,7 @@ class Session:
             exp.seed,
             progress=self.progress,
             spec=SamplerSpec(round_size=exp.collect.round_size),
+            keep_first_last=exp.quant.keep_first_last,
         )
         store = service.store
         return {
@@ -543,9 +543,10 @@ class Session:
             raise UserError(f"--batch must be at least 1, got {batch}")
         layers, choices = self.layers, exp.quant.bit_choices
         hw_model = get_hw_model(hw, layers, choices)
-        parsed = parse_budget(budget, hw_model, layers, min(choices))
+        pinned = exp.quant.keep_first_last
+        parsed = parse_budget(budget, hw_model, layers, min(choices), pinned)
         # The layer table from the architecture is the one `prepare` builds: one design point.
-        point = DesignPoint(tuple(layers), tuple(choices), hw_model, parsed)
+        point = DesignPoint(tuple(layers), tuple(choices), hw_model, parsed, pinned)
         planned = Planned(hw_model.name, budget, point, seed)
         folder = search_dir(self.run_dir, method, planned)
         service = self.service

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aqgan_ray.base_model import TrainSpec
-from aqgan_ray.config import DEFAULT_BIT_CHOICES, validate_choices
+from aqgan_ray.config import DEFAULT_BIT_CHOICES, PINNED_BITS, validate_choices
 from aqgan_ray.data import DataSpec
 from aqgan_ray.errors import UserError
 from aqgan_ray.models import canonical_name
@@ -38,6 +38,9 @@ class ModelSpec:
 @dataclass(frozen=True)
 class QuantSpec:
     bit_choices: tuple[int, ...] = DEFAULT_BIT_CHOICES
+    # HAQ's search space for every method: the first layer's weights at 8 bits with the image
+    # input unquantized, the last layer at W8/A8 (``config.pin_first_last``). false: all free.
+    keep_first_last: bool = True
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,12 @@ def _validated(exp: Experiment) -> Experiment:
     """Normalise names and check values that types alone do not catch."""
     model = replace(exp.model, name=canonical_name(exp.model.name))
     quant = replace(exp.quant, bit_choices=validate_choices(exp.quant.bit_choices))
+    if quant.keep_first_last and PINNED_BITS not in quant.bit_choices:
+        raise UserError(
+            f"quant.keep_first_last keeps the first and last layers at {PINNED_BITS} bits, which "
+            f"quant.bit_choices {list(quant.bit_choices)} lacks; add {PINNED_BITS} or set "
+            "keep_first_last = false"
+        )
     data = replace(exp.data, seed=exp.seed)
     sections = (
         ("train", exp.train),

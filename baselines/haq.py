@@ -5,28 +5,44 @@ the action-to-bits mapping, the two networks, the replay buffer, and the agent a
 proposer. Facts are from the paper and mit-han-lab/haq (see shared/PAPER.md):
 
 - One episode walks the quantizable layers in execution order, two steps per layer: the weight
-  bits, then the activation bits (HAQ's linear-quantization variant, 2N steps).
+  bits, then the activation bits (HAQ's linear-quantization variant, 2N steps). Besides the
+  layer's features, the state holds the bits chosen at the step before divided by the top
+  bitwidth (1.0 at an episode's first step) and whether this is a weight step.
 - After the episode, the budget is enforced by lowering bits from the last layer backwards
   (``DesignPoint.repair``, shared with the other baselines), then the config is evaluated.
+  Under ``[quant] keep_first_last`` (the default) the first layer's weights stay at 8 bits with
+  its input unquantized and the last layer at W8/A8 (HAQ's ``_keep_first_last_layer``).
 - Reward ``0.1 x (accuracy - full-precision accuracy)``, accuracies in percent as HAQ's are, given
   to every transition of the episode; the critic learns it minus a moving average (alpha 0.5)
   of the sampled batches' rewards. Discount 1.
-- 20 warm-up episodes of uniform random actions, then the actor's action plus truncated-normal
-  noise in [0, 1] with ``sigma = 0.5 x 0.99^(episode - warmup)``.
-- One actor and one critic update per transition of each episode after warm-up.
+- Uniform random actions while ``episode <= warmup`` (HAQ's test: 21 episodes for warm-up 20),
+  then the actor's action plus truncated-normal noise in [0, 1] with
+  ``sigma = 0.5 x 0.99^(episode - warmup)``. The first actor episode (21) acts before any update,
+  as in HAQ's loop.
+- One actor and one critic update per transition of each episode after warm-up
+  (``episode > warmup``).
+- Replay buffer of 128 transitions per layer (HAQ: ``rmsize x number of layers``), batch 64.
+- Output layers keep PyTorch's default initialisation: HAQ's DDPG takes ``init_w`` but never uses
+  it.
 
 Where we differ, and why:
 
 - Accuracy comes from the shared evaluator (post-training quantization by default, or
   ``eval.finetune_steps`` of HAQ-style fine-tuning), on the validation split, as for every
   method; HAQ fine-tuned one short epoch per episode.
+- The first and last layers are pinned in every config, within budget or not; HAQ pins them only
+  inside its budget loop, so an episode that fits without it keeps whatever the agent chose
+  there, the image input quantized included. One search space for every method needs the pin.
+- HAQ prices the unquantized image input at ``a_bits = -1``, which indexes its cost table's
+  7-bit column; we price it at 8 bits, as the image is.
+- At an episode's first step HAQ's state is the first layer's row as the previous episode left
+  it (previous bits from that episode, weight-step flag 0); ours is the fresh row (1.0 and 1).
+- A feature constant over the layers (every stride 1, say) is 0 here; HAQ leaves it raw.
+- HAQ appends one extra transition after every episode (the final state with the actor's
+  action and reward 0); we store only the episode's 2N transitions.
 - ``episodes_per_ask`` (``--batch``) rolls out that many episodes with the same actor, each with
   its own noise, and evaluates them together on parallel evaluators before learning from them
   in order. ``1`` (the default) is HAQ's sequential loop exactly.
-- Episode 20 (the first after warm-up) already uses a trained actor; HAQ's loop acts with the
-  untrained actor for one episode before its first update.
-- Networks use PyTorch's default initialisation except the output layers (uniform +-3e-3, as
-  DDPG and HAQ's code).
 """
 
 from __future__ import annotations
@@ -47,7 +63,7 @@ from aqgan_ray.search import DesignPoint, Proposer, rng_restore, rng_state
 @dataclass(frozen=True)
 class HaqArgs:
     warmup: int = 20
-    """Episodes of uniform random actions before the actor acts."""
+    """Random episodes while ``episode <= warmup`` (HAQ's test: warmup + 1 of them)."""
     hidden: int = 300
     """Units in each hidden layer of the actor and the critic."""
     lr_actor: float = 1e-4
@@ -56,8 +72,8 @@ class HaqArgs:
     """Soft update rate of the target networks."""
     discount: float = 1.0
     batch_size: int = 64
-    buffer_per_step: int = 128
-    """Replay buffer size, in transitions, per step of an episode (HAQ: 128 x steps)."""
+    buffer_per_layer: int = 128
+    """Replay buffer size, in transitions, per quantizable layer (HAQ: ``rmsize`` x layers)."""
     init_delta: float = 0.5
     """Exploration noise sigma at the first episode after warm-up."""
     delta_decay: float = 0.99
@@ -91,8 +107,8 @@ FEATURES = (
 def layer_states(layers: Sequence[Layer]) -> np.ndarray:
     """HAQ's 10 features for each of the 2N steps (weight step, then activation step, per
     layer), every column min-max normalised over the steps; a constant column becomes 0.
-    ``prev_action`` is filled in as the episode runs. Linear layers have kernel 1 and stride 0
-    in the layer table, as in HAQ."""
+    ``prev_action`` (the previous step's bits / top bits) is filled in as the episode runs.
+    Linear layers have kernel 1 and stride 0 in the layer table, as in HAQ."""
     rows = []
     for i, layer in enumerate(layers):
         depthwise = float(layer.groups > 1 and layer.groups == layer.in_channels)
@@ -153,7 +169,6 @@ class Actor(nn.Module):
             nn.Linear(hidden, 1),
             nn.Sigmoid(),
         )
-        nn.init.uniform_(self.net[4].weight, -3e-3, 3e-3)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.net(state)
@@ -168,7 +183,6 @@ class Critic(nn.Module):
         self.action_in = nn.Linear(1, hidden)
         self.body = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.out = nn.Linear(hidden, 1)
-        nn.init.uniform_(self.out.weight, -3e-3, 3e-3)
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(self.state_in(state) + self.action_in(action)))
@@ -239,7 +253,7 @@ class Haq(Proposer):
         self.point, self.fp_val_acc = point, fp_val_acc
         self.args = args = args or HaqArgs()
         self.states = layer_states(point.layers)
-        n_features, steps = self.states.shape[1], len(self.states)
+        n_features = self.states.shape[1]
         with torch.random.fork_rng():  # the networks' start is set by the seed alone
             torch.manual_seed(seed)
             self.actor = Actor(n_features, args.hidden)
@@ -253,7 +267,7 @@ class Haq(Proposer):
         self.critic_opt = torch.optim.Adam(
             self.critic.parameters(), lr=args.lr_critic, foreach=True
         )
-        self.replay = Replay(args.buffer_per_step * steps, n_features)
+        self.replay = Replay(args.buffer_per_layer * len(point.layers), n_features)
         self.rng = np.random.default_rng(seed)
         self.episode = 0  # episodes rolled out
         self.moving_average: float | None = None
@@ -269,17 +283,19 @@ class Haq(Proposer):
     def _rollout(self) -> _Episode:
         args, states = self.args, self.states.copy()
         actions = np.zeros(len(states), dtype=np.float32)
-        prev = 0.0
+        top = max(self.point.bit_choices)
+        prev = 1.0  # HAQ's initial "bits" feature: the top bitwidth
         for t in range(len(states)):
             states[t, -1] = prev
-            if self.episode < args.warmup:
+            if self.episode <= args.warmup:
                 action = float(self.rng.uniform(0.0, 1.0))
             else:
                 with torch.no_grad():
                     mean = float(self.actor(torch.from_numpy(states[t][None]))[0, 0])
                 sigma = args.init_delta * args.delta_decay ** (self.episode - args.warmup)
                 action = truncated_normal(self.rng, mean, sigma)
-            actions[t] = prev = action
+            actions[t] = action
+            prev = action_to_bits(action, self.point.bit_choices) / top
         self.episode += 1
         return _Episode(states, actions)
 
@@ -294,7 +310,7 @@ class Haq(Proposer):
         for k, (episode, acc) in enumerate(zip(episodes, val_accs, strict=True)):
             reward = self.args.reward_scale * 100.0 * (acc - self.fp_val_acc)
             self.best_reward = max(self.best_reward, reward)
-            learn = first_episode + k + 1 >= self.args.warmup  # next episode uses the actor
+            learn = first_episode + k > self.args.warmup  # HAQ: `if episode > warmup: update`
             last = len(episode.states) - 1
             for t in range(len(episode.states)):
                 next_state = episode.states[min(t + 1, last)]
@@ -362,7 +378,7 @@ class Haq(Proposer):
     def summary(self) -> dict[str, Any]:
         return {
             "episodes": self.episode,
-            "warmup_episodes": min(self.episode, self.args.warmup),
+            "warmup_episodes": min(self.episode, self.args.warmup + 1),
             "episodes_per_ask": self.args.episodes_per_ask,
             "best_reward": float(self.best_reward),
         }

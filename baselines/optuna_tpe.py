@@ -32,7 +32,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from aqgan_ray.config import QuantConfig
+from aqgan_ray.config import PINNED_BITS, QuantConfig
 from aqgan_ray.search import DesignPoint, Proposer
 
 STARTUP_TRIALS = 10  # Optuna's default: random trials before TPE models the results
@@ -76,16 +76,20 @@ class OptunaTPE(Proposer):
                 return IntDistribution(choices[0], choices[-1])
             return CategoricalDistribution(choices)
 
+        n = len(point.layers)
+        # Layers pinned by keep_first_last are no parameters: TPE models only what is free.
+        pinned = {0, n - 1} if point.keep_first_last else set()
         space: dict[str, BaseDistribution] = {}
-        for i in range(len(point.layers)):
+        for i in (i for i in range(n) if i not in pinned):
             space[f"w{i:03d}"] = dist()
             space[f"a{i:03d}"] = dist()
         return space
 
     def _config(self, params: dict[str, Any]) -> QuantConfig:
         n = len(self.point.layers)
-        config = self.point.config(
-            [params[f"w{i:03d}"] for i in range(n)], [params[f"a{i:03d}"] for i in range(n)]
+        config = self.point.config(  # a pinned layer's bits: point.config sets them
+            [params.get(f"w{i:03d}", PINNED_BITS) for i in range(n)],
+            [params.get(f"a{i:03d}", PINNED_BITS) for i in range(n)],
         )
         return self.point.repair(config)
 

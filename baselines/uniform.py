@@ -21,8 +21,10 @@ class Uniform(Proposer):
 
     def __init__(self, point: DesignPoint, seed: int = 0):
         del seed  # deterministic
-        names = point.layer_names
-        uniform = [QuantConfig.uniform(names, b) for b in sorted(point.bit_choices, reverse=True)]
+        n = len(point.layers)
+        # point.config pins the first and last layers at 8 bits under keep_first_last.
+        widest_first = sorted(point.bit_choices, reverse=True)
+        uniform = [point.config((b,) * n, (b,) * n) for b in widest_first]
         self.candidates = [c for c in uniform if point.fits(c)]
         self.tried = 0
         self.last_acc: float | None = None
@@ -49,4 +51,4 @@ class Uniform(Proposer):
         self.stopped = state["stopped"]
 
     def summary(self) -> dict[str, Any]:
-        return {"fitting_widths": [c.w_bits[0] for c in self.candidates]}
+        return {"fitting_widths": [c.w_bits[len(c) // 2] for c in self.candidates]}

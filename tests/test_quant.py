@@ -103,3 +103,33 @@ def test_activation_signedness_follows_relu(smoke):
         levels = [act_range(b, cal.act_signed[i])[1] for b in sorted(cal.bit_choices)]
         clip = [s * q for s, q in zip(scales, levels, strict=True)]
         assert all(c > 0 for c in clip)
+
+
+def test_keep_first_last_leaves_the_image_unquantized(smoke):
+    """HAQ's search space: the first layer sees the normalized image as it is."""
+    _, prepared, _ = smoke
+    names = prepared.layer_names
+    x = torch.randn(4, *prepared.input_shape, generator=torch.Generator().manual_seed(2))
+    config = QuantConfig.uniform(names, 2).pinned()
+    seen = {}
+    for keep in (True, False):
+        qm = QuantizedModel(prepared.folded_model(), prepared.layers, prepared.calibration,
+                            keep_first_last=keep)  # fmt: skip
+        first = qm.model.get_submodule(names[0])
+        # registered after the model's own hooks, so it sees what the layer computes on
+        handle = first.register_forward_pre_hook(lambda m, args: seen.__setitem__(keep, args[0]))
+        qm.apply(config)
+        with torch.no_grad():
+            qm(x)
+        handle.remove()
+        if keep:
+            with pytest.raises(Exception, match="keep_first_last"):
+                qm.apply(QuantConfig.uniform(names, 2))
+    assert torch.equal(seen[True], x)
+    assert not torch.equal(seen[False], x)  # quantized to 8 bits otherwise
+
+
+def test_pinning_sets_the_first_and_last_layers_to_8_bits():
+    config = QuantConfig(("a", "b", "c"), (2, 3, 4), (5, 6, 7)).pinned()
+    assert config.w_bits == (8, 3, 8) and config.a_bits == (8, 6, 8)
+    assert config.check_pinned() is config

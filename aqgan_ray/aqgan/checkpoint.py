@@ -9,12 +9,13 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from aqgan_ray.aqgan import model as gan
 from aqgan_ray.aqgan.data import as_data, indices_of
 from aqgan_ray.atomic import write_atomic
-from aqgan_ray.config import QuantConfig
+from aqgan_ray.config import PINNED_BITS, QuantConfig
 from aqgan_ray.errors import UserError
 from aqgan_ray.layers import Layer
 
@@ -72,9 +73,11 @@ def save_checkpoint(
     metrics: dict[str, Any],
     model_id: str,
     layers: Sequence[Layer] = (),
+    keep_first_last: bool = False,
 ) -> Path:
     """``layers``, the layer table, lets ``read_checkpoint`` price proposals without the
-    experiment that trained it (``aqgan_ray.load_generator(path)``)."""
+    experiment that trained it (``aqgan_ray.load_generator(path)``); ``keep_first_last``, the
+    search space it proposes in."""
     state = {
         "format": FORMAT_VERSION,
         **model_state(model, spec),
@@ -83,6 +86,7 @@ def save_checkpoint(
         "layer_table": [layer.to_dict() for layer in layers],
         "bit_choices": [int(b) for b in bit_choices],
         "eval_key": eval_key,
+        "keep_first_last": bool(keep_first_last),
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
     }
     return write_atomic(Path(path), lambda fh: torch.save(state, fh))
@@ -98,6 +102,15 @@ class Loaded:
     metrics: dict[str, Any]
     model_id: str = ""
     layers: tuple[Layer, ...] = ()  # the layer table, where the checkpoint holds it
+    keep_first_last: bool = False  # proposals in HAQ's search space (``config.pin_first_last``)
+
+    def pinned(self, idx: np.ndarray) -> np.ndarray:
+        """Choice indices ``[n, L, 2]`` in this checkpoint's search space."""
+        if not self.keep_first_last or idx.size == 0:
+            return idx
+        idx = np.array(idx, copy=True)
+        idx[:, 0, :] = idx[:, -1, :] = self.bit_choices.index(PINNED_BITS)
+        return idx
 
 
 def model_id(exp) -> str:
@@ -126,7 +139,7 @@ def read_checkpoint(path: Path) -> Loaded:
     table = tuple(Layer(**row) for row in state.get("layer_table", []))
     return Loaded(
         model, spec, names, choices, state["eval_key"], dict(state["metrics"]),
-        str(state.get("model_id", "")), table,
+        str(state.get("model_id", "")), table, bool(state.get("keep_first_last", False)),
     )  # fmt: skip
 
 

@@ -88,8 +88,9 @@ def propose(
     the ranker's posterior std (``model.TrainedGan``). ``extra`` (choice indices [m, L, 2])
     joins the generator's ``query.n`` samples as candidates."""
     target_acc, top = float(query.target_acc), query.top
-    idx, pred, std = gan.sample(loaded.model, target_acc, query.n, query.seed)
+    idx, pred, std = _sample(loaded, target_acc, query.n, query.seed)
     if extra is not None and len(extra):
+        extra = loaded.pinned(extra)
         more, more_std = gan.predict(loaded.model, torch.as_tensor(extra), len(loaded.bit_choices))
         idx = np.concatenate([idx, extra])
         pred, std = np.concatenate([pred, more]), np.concatenate([std, more_std])
@@ -211,7 +212,7 @@ def best_under_budget(loaded: Loaded, layers: Sequence[Layer], query: Query) -> 
     top = query.top
     found: dict[bytes, tuple] = {}
     for step, target in enumerate(np.linspace(hi, lo, SWEEP_STEPS)):
-        idx, pred, std = gan.sample(loaded.model, float(target), query.n, query.seed + step)
+        idx, pred, std = _sample(loaded, float(target), query.n, query.seed + step)
         keep = _unique(idx)
         idx, pred, std = idx[keep], pred[keep], std[keep]
         cost, fits = _price(loaded, layers, idx, query.hw, query.budget)
@@ -244,6 +245,19 @@ def expected_miss(verified: Sequence[tuple[float, float]], acc: float, k: int = 
     pairs = np.asarray(verified, dtype=np.float64)
     nearest = np.argsort(np.abs(pairs[:, 0] - acc), kind="stable")[:k]
     return float(np.abs(pairs[nearest, 1] - pairs[nearest, 0]).mean())
+
+
+def _sample(
+    loaded: Loaded, target_acc: float, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``gan.sample`` in the checkpoint's search space: a pinned layer the generator set
+    otherwise is set to 8 bits and the sample ranked as it will be evaluated."""
+    idx, pred, std = gan.sample(loaded.model, target_acc, n, seed)
+    pinned = loaded.pinned(idx)
+    if pinned is idx or np.array_equal(pinned, idx):
+        return idx, pred, std
+    pred, std = gan.predict(loaded.model, torch.as_tensor(pinned), len(loaded.bit_choices))
+    return pinned, pred, std
 
 
 def _price(

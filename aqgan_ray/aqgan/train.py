@@ -81,7 +81,8 @@ def train(
     waited = 0.0
     refine_log: list[dict[str, Any]] = []
     if spec_in.refine_rounds:
-        current = Loaded(model, spec, names, tuple(choices), store.eval_key, {})
+        current = Loaded(model, spec, names, tuple(choices), store.eval_key, {},
+                         keep_first_last=exp.quant.keep_first_last)  # fmt: skip
         model, refine_log, waited = _refine(service, current, spec_in, run_dir, progress)
     train_s = time.perf_counter() - start - waited  # evaluations are counted on their own
     # The configs its ranker was fitted on: the store can hold refinement configs of rounds
@@ -105,6 +106,7 @@ def train(
         },
         model_id(exp),
         layers,
+        exp.quant.keep_first_last,
     )
     loaded = load_checkpoint(path, names, choices, model_id(exp))
     fidelity = (

@@ -73,7 +73,7 @@ def design_points(exp, layers: Sequence[Layer]) -> list[Planned]:
     meet on some model is refused now, naming both. Points that price every config the same way
     (same ranking, same configs within budget) are merged into the first, with a warning: a
     design's points are what AQGAN's one-time cost is shared over."""
-    design, choices = exp.design, exp.quant.bit_choices
+    design, choices, pinned = exp.design, exp.quant.bit_choices, exp.quant.keep_first_last
     if not design.hw or not design.budgets or not design.seeds:
         raise UserError("design.hw, design.budgets and design.seeds must each name at least one")
     points: list[tuple[str, str, DesignPoint]] = []
@@ -84,12 +84,11 @@ def design_points(exp, layers: Sequence[Layer]) -> list[Planned]:
             raise UserError(f"design.budgets holds no budget for {hw_name} (prefixed or plain)")
         for budget_text in budgets:
             try:
-                budget = parse_budget(budget_text, hw, layers, min(choices))
+                budget = parse_budget(budget_text, hw, layers, min(choices), pinned)
             except UserError as exc:
                 raise UserError(f"design point {hw_name} {budget_text}: {exc}") from None
-            points.append(
-                (str(hw_name), budget_text, DesignPoint(tuple(layers), tuple(choices), hw, budget))
-            )
+            point = DesignPoint(tuple(layers), tuple(choices), hw, budget, pinned)
+            points.append((str(hw_name), budget_text, point))
     merged = _merge_identical(points, choices, exp.seed)
     planned = []
     for i, (hw_name, budget_text, point) in enumerate(points):
@@ -127,7 +126,7 @@ def _merge_identical(
     w, a = _probe(len(points[0][2].layers) if points else 0, choices, seed)
     signatures = []
     for _, _, point in points:
-        costs = point.hw.batch(point.layers, w, a)[point.budget.metric]
+        costs = point.costs(w, a)
         signatures.append((np.argsort(costs, kind="stable"), within_budget(costs, point.budget)))
     kept: dict[int, list[int]] = {}
     for i, (order, fits) in enumerate(signatures):
