@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="finish an interrupted run (refused when there is none); stored work is reused",
     )
+    p.add_argument(
+        "--seeds",
+        metavar="S,S,...",
+        help="repeat collection, AQGAN and every search per seed, each in its own folder "
+        "(default: the preset's [design] seeds)",
+    )
     p = sub.add_parser("report", help="rebuild report.md and its plots from the run's tables")
     _common(p)
     p = sub.add_parser("compare", help="one table across result directories")
@@ -400,10 +406,11 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
         proposals = gen.ask(query)
         generate_s = time.perf_counter() - start
         checked, every = [], []  # the returned proposals verified; every verification made
+        test: dict[str, float] = {}  # their held-out accuracy, measured after the choice
         if args.verify and proposals:
             verified = s.verify(gen, query=query, rounds=args.verify_rounds,
                                 tolerance=args.tolerance)  # fmt: skip
-            checked, every = verified.returned, verified.every
+            checked, every, test = verified.returned, verified.every, verified.test_acc
             proposals = [v.proposal for v in checked]
         out_props = [
             {
@@ -411,6 +418,7 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
                 "expected_miss": gen.expected_miss(p.predicted_acc),
                 "cost": s.cost(p.config, hw=[args.hw] if args.hw else []),
                 **(checked[i].to_dict() if checked else {}),
+                **({"test_acc": test[p.config.hash]} if p.config.hash in test else {}),
             }
             for i, p in enumerate(proposals)
         ]
@@ -436,7 +444,11 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
         print("no proposal fits; raise the budget or lower the target", file=sys.stderr)
     if not args.json:
         for row in out_props:
-            achieved = f"  achieved {row['val_acc']:.4f}" if "val_acc" in row else ""
+            achieved = (
+                f"  achieved val {row['val_acc']:.4f} test {row['test_acc']:.4f}"
+                if "val_acc" in row
+                else ""
+            )
             miss = row["expected_miss"]
             near = "" if miss is None else f" (misses near it: {miss:.3f})"
             print(
@@ -484,10 +496,18 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     from aqgan_ray.experiment.runner import run
 
     exp = _experiment(args)
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(part) for part in args.seeds.split(",")]
+        except ValueError:
+            msg = f"--seeds {args.seeds!r} is not a comma-separated list of integers"
+            raise UserError(msg) from None
     result = run(
         exp,
         args.results,
         resume=args.resume,
+        seeds=seeds,
         address=args.address,
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,

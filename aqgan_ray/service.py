@@ -29,13 +29,17 @@ class Outcome:
 class EvaluationService:
     """``pool`` is an evaluator pool (``pools.Pool``), or a function making one: then the
     evaluators start only when a config misses the store, and a run answered from the store
-    starts none."""
+    starts none. ``owns_pool=False``: the function lends another service's pool, which
+    ``close`` leaves running."""
 
-    def __init__(self, store: EvaluationStore, pool: Pool | Callable[[], Pool]):
+    def __init__(
+        self, store: EvaluationStore, pool: Pool | Callable[[], Pool], owns_pool: bool = True
+    ):
         self.store = store
         given = isinstance(pool, Pool)
         self._pool: Pool | None = pool if given else None
         self._make_pool = None if given else pool
+        self._owns_pool = owns_pool
         self.evaluated = 0  # evaluations run by this service (cache misses)
         self.requested = 0
 
@@ -56,7 +60,8 @@ class EvaluationService:
     def close(self) -> None:
         """Stop the actors this service started (a pool passed in is the caller's to close)."""
         if self._make_pool is not None and self._pool is not None:
-            self._pool.close()
+            if self._owns_pool:
+                self._pool.close()
             self._pool = None
 
     def imap(

@@ -9,11 +9,12 @@ base model's training: the results directory and the store's schema first, then 
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,10 +44,13 @@ COMPACT_OVER_PARTS = 32
 @dataclass(frozen=True)
 class Verification:
     """What ``Session.verify`` measured: the ``top`` verified configs nearest the target (or the
-    most accurate that fit, for a budget alone), and every verification made, in order."""
+    most accurate that fit, for a budget alone), every verification made, in order, and the
+    returned configs' test accuracy (hash -> accuracy; scored after they were chosen, never
+    used to choose)."""
 
     returned: list[Verified]
     every: list[Verified]
+    test_acc: dict[str, float] = field(default_factory=dict)
 
     @property
     def rounds(self) -> int:
@@ -140,6 +144,10 @@ class Session:
         self.experiment = experiment
         self.results = Path(results)
         self.run_dir = self.results / experiment.name
+        # The seed of collection, AQGAN's training and its proposals (``for_seed``); the base
+        # model, its splits and evaluation stay the experiment's.
+        self.seed = experiment.seed
+        self._parent: Session | None = None
         self.pool_kind = pool
         self.address = address
         self.workers, self.cpus_per_worker = workers, cpus_per_worker
@@ -153,6 +161,18 @@ class Session:
         self.quarantined: list[str] = []
         self.planned_workers = 0  # evaluators the pool will start
         self._started_ray = False
+
+    def for_seed(self, seed: int) -> Session:
+        """The experiment repeated with ``seed``: its own store, collection, AQGAN and searches
+        in ``seed-<seed>/`` of this results directory (the experiment's own seed: this
+        directory itself), on the same base model and the same evaluators."""
+        if seed == self.experiment.seed:
+            return self
+        child = copy.copy(self)
+        child.seed, child._parent = seed, self
+        child.run_dir = self.results / self.experiment.name / f"seed-{seed}"
+        child._service, child._started_ray = None, False
+        return child
 
     # -- lifetime ---------------------------------------------------------------------------
     def __enter__(self) -> Session:
@@ -312,6 +332,12 @@ class Session:
 
         root = self.writable_run_dir() / "evaluations"
         EvaluationStore(root, eval_key=None, warn=False)  # an incompatible store fails now
+        parent = self._parent
+        if parent is not None:  # a seed's store on the experiment's evaluators (not closed here)
+            prepared, splits = self._prepare()
+            store = EvaluationStore(root, evaluation_key(prepared, splits.val_x, splits.val_y))
+            self.quarantined = [str(p) for p in store.quarantine_unreadable()]
+            return EvaluationService(store, lambda: parent.service.pool, owns_pool=False)
         make_pool = self._connect()
         prepared, splits = self._prepare()
         store = EvaluationStore(root, evaluation_key(prepared, splits.val_x, splits.val_y))
@@ -379,7 +405,7 @@ class Session:
             self.prepared.layer_names,
             exp.quant.bit_choices,
             samples,
-            exp.seed,
+            self.seed,
             progress=self.progress,
             spec=SamplerSpec(round_size=exp.collect.round_size),
             keep_first_last=exp.quant.keep_first_last,
@@ -437,10 +463,10 @@ class Session:
         from aqgan_ray.aqgan.trained import TrainedGenerator
 
         out, loaded = train(self.service, self.prepared.layers, self.experiment, spec,
-                            self.run_dir, self.progress)  # fmt: skip
+                            self.run_dir, self.progress, self.seed, self.test_accuracy)  # fmt: skip
         fidelity = tuple((r["target_acc"], r["achieved_val_acc"]) for r in out["fidelity"])
         path = Path(out["checkpoint"])
-        return TrainedGenerator(loaded, tuple(self.layers), self.experiment.seed, fidelity, path,
+        return TrainedGenerator(loaded, tuple(self.layers), self.seed, fidelity, path,
                                 training=out)  # fmt: skip
 
     def generator(self, checkpoint_only: bool = False) -> TrainedGenerator:
@@ -454,7 +480,7 @@ class Session:
         exp = self.experiment
         path = self.run_dir / CHECKPOINT
         loaded = load_checkpoint(path, self.layer_names, exp.quant.bit_choices, model_id(exp))
-        gen = TrainedGenerator(loaded, tuple(self.layers), exp.seed,
+        gen = TrainedGenerator(loaded, tuple(self.layers), self.seed,
                                tuple(verified_fidelity(self.run_dir)), path)  # fmt: skip
         if checkpoint_only:
             return gen
@@ -505,11 +531,14 @@ class Session:
             measured = evaluate([p.config for p in proposals]) if proposals else []
             pairs = zip(proposals, measured, strict=True)
             checked = [Verified(p, acc, cached, 1) for p, (acc, cached) in pairs]
-            return Verification(checked, checked)
+            return Verification(checked, checked, self._test_of(checked))
         returned, every = verify_until_close(
             generator.loaded, generator.layers, query, evaluate, rounds, tolerance
         )
-        return Verification(returned, every)
+        return Verification(returned, every, self._test_of(returned))
+
+    def _test_of(self, verified: Sequence[Verified]) -> dict[str, float]:
+        return self.test_accuracy([v.proposal.config for v in verified])
 
     # -- searches -------------------------------------------------------------------------------
     def search(
@@ -535,7 +564,7 @@ class Session:
         spec = get_method(method, kind="baseline")
         if hw is None or budget is None:
             raise UserError("a baseline searches under a budget: give --hw H --budget METRIC=V")
-        seed = exp.seed if seed is None else seed
+        seed = self.seed if seed is None else seed
         evaluations = exp.baselines.evaluations if evaluations is None else evaluations
         if evaluations < 1:
             raise UserError(f"--evaluations must be at least 1, got {evaluations}")

@@ -99,7 +99,8 @@ class AqganSpec:
 @dataclass(frozen=True)
 class DesignSpec:
     """The design points ``run`` compares methods on: every hardware model with its budgets
-    (``METRIC=VALUE``, ``VALUE`` absolute or ``0.5x`` the all-8-bit cost), for every seed.
+    (``METRIC=VALUE``, ``VALUE`` absolute or ``0.5x`` the all-8-bit cost), for every seed: a
+    seed repeats collection, AQGAN's training and every search, in its own folder.
     ``HW:METRIC=VALUE`` is a budget for that model only; a model with such budgets gets only
     those, the others get the unprefixed ones."""
 
@@ -243,6 +244,8 @@ def _validated(exp: Experiment) -> Experiment:
                 f"design budget {text!r} is for hardware {hw!r}, which design.hw does not list "
                 f"({', '.join(design.hw)})"
             )
+    if len(set(design.seeds)) != len(design.seeds) or any(v < 0 for v in design.seeds):
+        raise UserError(f"design.seeds {list(design.seeds)} must be distinct non-negative integers")
     if exp.train.epochs < 1 or exp.train.batch_size < 1 or exp.eval.batch_size < 1:
         raise UserError("train.epochs, train.batch_size and eval.batch_size must be at least 1")
     return replace(exp, model=model, quant=quant, data=data)

@@ -443,42 +443,66 @@ def test_baseline_bad_input(main_error, extra, fragment):
 def test_run_end_to_end_then_resume_reproduces_the_tables(
     inproc, collected, ray_cluster, tmp_path, tiny_preset
 ):
-    """In this process (connected to the loopback cluster), to save two Python start-ups."""
+    """In this process (connected to the loopback cluster), to save two Python start-ups. A
+    random search stored first is not AQGAN's evidence; two seeds each collect, train and
+    search on their own."""
     import shutil
 
     preset = tiny_preset
     results = tmp_path / "results"
     shutil.copytree(collected / "smoke" / "evaluations", results / "smoke" / "evaluations")
-    args = ("run", "--config", preset, "--results", str(results))
-    args += ("--address", ray_cluster["address"], "--json")
+    where = ("--config", preset, "--results", str(results), "--address", ray_cluster["address"])
+    search = ("baseline", "random", "--hw", "bismo-edge", "--budget", "latency_ms=0.5x")
+    baseline = _inproc_ok(inproc(*search, "--evaluations", "4", *where, "--json"))
+    assert baseline["evaluated_now"] == 4
+    args = ("run", *where, "--seeds", "0,1", "--json")
     out = _inproc_ok(inproc(*args))
     run_dir = results / "smoke"
     cost = pd.read_parquet(out["search_cost"])
     assert sorted(set(cost["method"])) == ["aqgan", "haq", "optuna", "random", "uniform"]
+    assert sorted(set(cost["seed"])) == [0, 1]
     assert cost["within_budget"].all() and cost["test_acc"].between(0, 1).all()
-    assert len(cost[cost["method"] == "aqgan"]) == 2 and len(cost[cost["method"] == "haq"]) == 1
+    # HAQ's search space for every method: first layer W8 (image unquantized), last W8/A8
+    for w_bits, a_bits in zip(cost["w_bits"], cost["a_bits"], strict=True):
+        assert w_bits[0] == w_bits[-1] == a_bits[-1] == 8
+    one_seed = cost[cost["seed"] == 0]
+    assert len(one_seed[one_seed["method"] == "aqgan"]) == 2
+    assert len(one_seed[one_seed["method"] == "haq"]) == 1
     assert (cost[cost["method"] == "haq"]["evaluations"] == 3).all()
-    aqgan = cost[cost["method"] == "aqgan"]
+    # AQGAN trained on what it paid for: the 40 collected and its refinement, no random rows
+    assert out["rows_by_source"] == {"collect": 40, "refine": out["rows_by_source"]["refine"]}
     one_time = json.loads((run_dir / "run.json").read_text())["one_time"]
+    assert one_time["collect_evaluations"] == 40
     assert one_time["refine_evaluations"] == len(pd.read_parquet(run_dir / "refine.parquet")) == 2
     assert one_time["evaluations"] == 40 + 2 + one_time["fidelity_evaluations"]
+    aqgan = one_seed[one_seed["method"] == "aqgan"]
     assert (
         aqgan["amortized_evaluations"] == aqgan["evaluations"] + one_time["evaluations"] / 2
     ).all()
+    seed1 = run_dir / "seed-1"
+    stored1 = pd.read_parquet(seed1 / "evaluations")
+    assert set(stored1["source"]) >= {"collect", "aqgan"} and "random" in set(stored1["source"])
+    assert (stored1["source"] == "collect").sum() == 40
     traces = pd.read_parquet(out["traces"])
     assert len(traces) == cost["evaluations"].sum()
-    for name in ("report.md", "fidelity.parquet", "accuracy_vs_budget.png", "search_cost.png",
+    for folder in (run_dir, seed1):
+        fidelity = pd.read_parquet(folder / "fidelity.parquet")
+        assert fidelity["achieved_test_acc"].between(0, 1).all()
+    for name in ("report.md", "accuracy_vs_budget.png", "search_cost.png",
                  "fidelity.png", "anytime.png", "test_accuracy.parquet"):  # fmt: skip
         assert (run_dir / name).is_file(), name
-    assert "## Cost to match AQGAN" in (run_dir / "report.md").read_text()
+    text = (run_dir / "report.md").read_text()
+    assert "## Cost to match AQGAN" in text and "on the test split" in text
+    assert "every method ran on" in text and "± " in text
 
-    store_before = pd.read_parquet(run_dir / "evaluations")
-    again = _inproc_ok(inproc(*args, "--resume"))
-    store_after = pd.read_parquet(run_dir / "evaluations")
-    assert len(store_after) == len(store_before) == store_after["config_hash"].nunique()
+    stores = [pd.read_parquet(folder / "evaluations") for folder in (run_dir, seed1)]
+    again = _inproc_ok(inproc(*args[:-1], "--resume", "--json"))
+    for folder, before in zip((run_dir, seed1), stores, strict=True):
+        after = pd.read_parquet(folder / "evaluations")
+        assert len(after) == len(before) == after["config_hash"].nunique()
     assert not again["trained"]
-    columns = ["method", "hw", "budget", "evaluations", "amortized_evaluations", "config_hash",
-               "val_acc", "test_acc", "evaluations_to_match"]  # fmt: skip
+    columns = ["method", "hw", "budget", "seed", "evaluations", "amortized_evaluations",
+               "config_hash", "val_acc", "test_acc", "evaluations_to_match"]  # fmt: skip
     pd.testing.assert_frame_equal(pd.read_parquet(again["search_cost"])[columns], cost[columns])
 
     (run_dir / "report.md").unlink()
@@ -495,6 +519,8 @@ def test_run_bad_input(main_error, tmp_path):
     broken.write_text('name = "x"\n[design\n')
     main_error(["run", "--config", str(broken)], "not valid TOML")
     main_error(["run", "--experiment", "smoke", "--resume"], "no run to resume")
+    main_error(["run", "--experiment", "smoke", "--seeds", "0,x"], "comma-separated list")
+    main_error(["run", "--experiment", "smoke", "--seeds", "1,1"], "repeat a seed")
     other = tmp_path / "other"
     (other / "smoke").mkdir(parents=True)
     (other / "smoke" / "experiment.json").write_text('{"name": "smoke", "seed": 5}')

@@ -117,7 +117,9 @@ def test_keep_first_last_leaves_the_image_unquantized(smoke):
                             keep_first_last=keep)  # fmt: skip
         first = qm.model.get_submodule(names[0])
         # registered after the model's own hooks, so it sees what the layer computes on
-        handle = first.register_forward_pre_hook(lambda m, args: seen.__setitem__(keep, args[0]))
+        handle = first.register_forward_pre_hook(
+            lambda m, args, keep=keep: seen.__setitem__(keep, args[0])
+        )
         qm.apply(config)
         with torch.no_grad():
             qm(x)

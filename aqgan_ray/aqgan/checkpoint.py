@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from aqgan_ray.aqgan import model as gan
-from aqgan_ray.aqgan.data import as_data, indices_of
+from aqgan_ray.aqgan.data import EVIDENCE_SOURCES, as_data, indices_of
 from aqgan_ray.atomic import write_atomic
 from aqgan_ray.config import PINNED_BITS, QuantConfig
 from aqgan_ray.errors import UserError
@@ -171,17 +171,23 @@ def told(loaded: Loaded, configs: Sequence[QuantConfig], val_accs: Sequence[floa
 
 
 def with_evidence(loaded: Loaded, rows: Sequence[dict]) -> tuple[Loaded, int]:
-    """The checkpoint's ranker told every stored evaluation of its setup that it has not seen
-    (``TrainedGan.with_evidence``), and how many that was.
+    """The checkpoint's ranker told every stored evaluation of its setup that AQGAN paid for
+    (``data.EVIDENCE_SOURCES``) and it has not seen (``TrainedGan.with_evidence``), and how
+    many that was.
 
     The checkpoint's residual GP holds the configs it was trained and refined on; evaluations
-    made since (``train``'s fidelity verification, ``generate --verify``, baselines) stay in the
-    store. Adding them to the GP's posterior costs milliseconds and corrects the ranking where
-    it was checked, so a target asked twice is not missed twice the same way. Rows of another
-    setup (``eval_key``) are ignored.
+    made since (``train``'s fidelity verification, ``generate --verify``) stay in the store;
+    the baselines' rows are theirs, not AQGAN's evidence. Adding them to the GP's posterior
+    costs milliseconds and corrects the ranking where it was checked, so a target asked twice
+    is not missed twice the same way. Rows of another setup (``eval_key``) are ignored.
     """
     mine = sorted(
-        (r for r in rows if r.get("eval_key") == loaded.eval_key), key=lambda r: r["config_hash"]
+        (
+            r
+            for r in rows
+            if r.get("eval_key") == loaded.eval_key and r.get("source") in EVIDENCE_SOURCES
+        ),
+        key=lambda r: r["config_hash"],
     )
     if not mine:
         return loaded, 0

@@ -17,6 +17,21 @@ MIN_STORE = 30
 # Share of the store's accuracy range, from its bottom, where nobody asks for a target: near
 # chance. Fidelity and refinement targets lie above it.
 BAND_FLOOR = 0.15
+# AQGAN learns only from evaluations it paid for (the store's ``source``): it trains on its
+# collection and refinement, and its ranker is also told its own verifications (``aqgan``).
+# Rows another method stored are never its evidence, even where AQGAN later asked for the same
+# config (a cache hit it is charged for all the same).
+TRAINING_SOURCES = ("collect", "refine")
+EVIDENCE_SOURCES = (*TRAINING_SOURCES, "aqgan")
+
+
+def rows_by_source(rows: Sequence[dict]) -> dict[str, int]:
+    """How many rows came from each source, in ``EVIDENCE_SOURCES`` order then the others."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["source"]] = counts.get(row["source"], 0) + 1
+    order = {s: i for i, s in enumerate(EVIDENCE_SOURCES)}
+    return dict(sorted(counts.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
 
 def band_start(lo: float, hi: float) -> float:

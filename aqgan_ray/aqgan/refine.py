@@ -74,9 +74,14 @@ def refined_through(log: Sequence[dict[str, Any]], round_: int) -> set[str]:
 
 
 def training_rows(rows: Sequence[dict[str, Any]], kept: set[str]) -> list[dict[str, Any]]:
-    """Store rows to train on: all but refinement's (``source`` = ``refine``), of which only
-    the configs in ``kept``."""
-    return [r for r in rows if r.get("source") != "refine" or r["config_hash"] in kept]
+    """Store rows to train on: the collected ones and, of refinement's, those in ``kept``;
+    never another method's (``data.TRAINING_SOURCES``)."""
+    return [
+        r
+        for r in rows
+        if r.get("source") == "collect"
+        or (r.get("source") == "refine" and r["config_hash"] in kept)
+    ]
 
 
 def refine(
@@ -91,8 +96,8 @@ def refine(
     """Run rounds ``len(rounds done in log)`` .. ``rounds - 1``; returns the refined model.
 
     ``loaded`` holds the model as trained before any round. ``data_of(kept)`` is the store's
-    training data with, of the configs refinement added, only those in ``kept`` (the others
-    always), so each round trains on what the rounds so far evaluated; ``evaluate`` answers
+    training data with, of the configs refinement added, only those in ``kept`` (the collected
+    ones always), so each round trains on what the rounds so far evaluated; ``evaluate`` answers
     configs with (validation accuracy, answered from the store); ``log`` holds the
     rows of the rounds already done (from ``refine.parquet``) and grows; ``on_round(round,
     log, model)`` persists after each round.

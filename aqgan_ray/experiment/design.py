@@ -68,14 +68,31 @@ def budgets_for(design, hw_name: str) -> list[str]:
     return own or [budget for hw, budget in parts if hw is None]
 
 
-def design_points(exp, layers: Sequence[Layer]) -> list[Planned]:
-    """Every hardware model with each of its budgets, for every seed; a budget that no config can
-    meet on some model is refused now, naming both. Points that price every config the same way
-    (same ranking, same configs within budget) are merged into the first, with a warning: a
-    design's points are what AQGAN's one-time cost is shared over."""
+def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+    """The run's seeds, refused with one line unless distinct non-negative integers."""
+    seeds = tuple(seeds)
+    if not seeds:
+        raise UserError("give at least one seed (--seeds 0,1,2 or [design] seeds)")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise UserError(f"seed {seed!r} is not a non-negative integer")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds {list(seeds)} repeat a seed; give each once")
+    return seeds
+
+
+def design_points(
+    exp, layers: Sequence[Layer], seeds: Sequence[int] | None = None
+) -> list[Planned]:
+    """Every hardware model with each of its budgets, for every seed (default: ``[design]
+    seeds``); a budget that no config can meet on some model is refused now, naming both.
+    Points that price every config the same way (same ranking, same configs within budget) are
+    merged into the first, with a warning: a design's points are what AQGAN's one-time cost is
+    shared over."""
     design, choices, pinned = exp.design, exp.quant.bit_choices, exp.quant.keep_first_last
-    if not design.hw or not design.budgets or not design.seeds:
-        raise UserError("design.hw, design.budgets and design.seeds must each name at least one")
+    seeds = check_seeds(design.seeds if seeds is None else seeds)
+    if not design.hw or not design.budgets:
+        raise UserError("design.hw and design.budgets must each name at least one")
     points: list[tuple[str, str, DesignPoint]] = []
     for hw_name in design.hw:
         hw = get_hw_model(str(hw_name), layers, choices)
@@ -95,7 +112,7 @@ def design_points(exp, layers: Sequence[Layer]) -> list[Planned]:
         if i not in merged:
             continue
         labels = tuple(f"{points[j][0]} {points[j][1]}" for j in merged[i])
-        planned += [Planned(hw_name, budget_text, point, int(s), labels) for s in design.seeds]
+        planned += [Planned(hw_name, budget_text, point, int(s), labels) for s in seeds]
     return planned
 
 

@@ -141,6 +141,11 @@ def _order(planned: Planned) -> tuple:
     return (planned.hw_name, planned.point.budget.value, planned.seed)
 
 
+def row_order(row: dict[str, Any]) -> tuple:
+    """``search_cost.parquet``'s order: method, then design point, then seed."""
+    return (list(METHODS).index(row["method"]), row["hw"], row["budget"], row["seed"])
+
+
 def trace_rows(results: dict[tuple[str, Planned], SearchResult]) -> list[dict[str, Any]]:
     """Every search's trace, one table: the identity columns plus the per-evaluation ones."""
     rows = []

@@ -43,31 +43,106 @@ def load_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     return read_frame(cost_path), read_frame(run_dir / "traces.parquet"), fidelity, summary
 
 
-def summary_table(cost: pd.DataFrame) -> pd.DataFrame:
-    """One row per method: design points, mean search cost, accuracy reached."""
-    grouped = cost.groupby("method", sort=False)
+def _point_key(cost: pd.DataFrame) -> pd.Series:
+    return cost["hw"] + " " + cost["metric"] + " " + cost.apply(_budget_text, axis=1)
+
+
+def shared(cost: pd.DataFrame, methods: list[str] | None = None) -> pd.DataFrame:
+    """The rows of ``methods`` (default: all) at the design points every one of them ran on,
+    in every seed: the only points on which their figures compare like with like."""
+    if methods is not None:
+        cost = cost[cost["method"].isin(methods)]
+    cost = cost.assign(point=_point_key(cost))
+    runs = cost.groupby("point")[["method", "seed"]].apply(
+        lambda f: set(zip(f["method"], f["seed"], strict=True))
+    )
+    wanted = {(m, seed) for m in cost["method"].unique() for seed in cost["seed"].unique()}
+    keep = [point for point, ran in runs.items() if ran >= wanted]
+    return cost[cost["point"].isin(keep)]
+
+
+def summary_table(cost: pd.DataFrame, chance: float | None = None) -> pd.DataFrame:
+    """One row per method over the design points every method in ``cost`` ran on (``shared``):
+    search cost, accuracy reached, and the difference from AQGAN, as the mean over seeds with
+    its standard deviation. A point where a method found nothing within budget counts at
+    ``chance`` accuracy (left out when ``chance`` is None). A difference from AQGAN is marked
+    only when it is larger than its spread over seeds (one seed: never)."""
+    rows = shared(cost)
+    if chance is not None:
+        rows = rows.assign(test_acc=rows["test_acc"].fillna(chance))
+    per_seed = rows.groupby(["method", "seed"], sort=False).agg(
+        points=("point", "nunique"),
+        evaluations=("evaluations", "mean"),
+        amortized=("amortized_evaluations", "mean"),
+        eval_cpu_s=("eval_cpu_s", "mean"),
+        val_acc=("val_acc", "mean"),
+        test_acc=("test_acc", "mean"),
+        found=("within_budget", "mean"),
+    )
+    grouped = per_seed.groupby(level="method", sort=False)
     table = pd.DataFrame(
         {
-            "design points": grouped.size(),
+            "points": grouped["points"].first(),
+            "seeds": grouped.size(),
             "evaluations / point": grouped["evaluations"].mean(),
-            "amortized / point": grouped["amortized_evaluations"].mean(),
+            "amortized / point": grouped["amortized"].mean(),
             "eval CPU s / point": grouped["eval_cpu_s"].mean(),
+            "found within budget": grouped["found"].mean(),
             "mean val acc": grouped["val_acc"].mean(),
             "mean test acc": grouped["test_acc"].mean(),
-            "within budget": grouped["within_budget"].mean(),
+            "test acc std": grouped["test_acc"].std(ddof=1),
         }
     )
+    if "aqgan" in table.index:
+        base = per_seed.xs("aqgan", level="method")["test_acc"]
+        diffs = {
+            method: (sub.droplevel("method")["test_acc"] - base).dropna()
+            for method, sub in per_seed.groupby(level="method", sort=False)
+        }
+        table["vs aqgan"] = [diffs[m].mean() for m in table.index]
+        table["vs aqgan std"] = [diffs[m].std(ddof=1) for m in table.index]
+        table["beyond spread"] = [
+            m != "aqgan" and len(diffs[m]) > 1 and abs(diffs[m].mean()) > diffs[m].std(ddof=1)
+            for m in table.index
+        ]
     order = [m for m in METHOD_ORDER if m in table.index]
     return table.loc[order]
 
 
-def point_table(cost: pd.DataFrame) -> pd.DataFrame:
-    """Per design point: each method's evaluations and test accuracy side by side."""
-    cost = cost.assign(
-        point=cost["hw"] + " " + cost["metric"] + " " + cost.apply(_budget_text, axis=1)
+def readable_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """``summary_table`` for reading: mean ± std, differences marked when beyond the spread."""
+    out = table.drop(
+        columns=[c for c in table.columns if c.endswith(" std") or c == "beyond spread"]
     )
+    out["mean test acc"] = [
+        _pm(m, s) for m, s in zip(table["mean test acc"], table["test acc std"], strict=True)
+    ]
+    if "vs aqgan" in table.columns:
+        out["vs aqgan"] = [
+            "" if method == "aqgan" else _pm(m, s, signed=True) + (" *" if beyond else "")
+            for method, m, s, beyond in zip(
+                table.index,
+                table["vs aqgan"],
+                table["vs aqgan std"],
+                table["beyond spread"],
+                strict=True,
+            )
+        ]
+    return out
+
+
+def _pm(mean: float, std: float, signed: bool = False) -> str:
+    text = f"{mean:+.4f}" if signed else f"{mean:.4f}"
+    return text if pd.isna(std) else f"{text} ± {std:.4f}"
+
+
+def point_table(cost: pd.DataFrame) -> pd.DataFrame:
+    """Per design point: each method's evaluations and test accuracy side by side (means over
+    seeds)."""
+    cost = cost.assign(point=_point_key(cost))
     evaluations = cost.pivot_table(index="point", columns="method", values="evaluations")
-    amortized = cost[cost["method"] == "aqgan"].set_index("point")["amortized_evaluations"]
+    aqgan = cost[cost["method"] == "aqgan"]
+    amortized = aqgan.groupby("point")["amortized_evaluations"].mean()
     test = cost.pivot_table(index="point", columns="method", values="test_acc")
     out = pd.DataFrame(index=evaluations.index)
     for method in [m for m in METHOD_ORDER if m in evaluations.columns]:
@@ -131,12 +206,16 @@ def plot_search_cost(cost: pd.DataFrame, path: Path) -> Path:
 
 def plot_fidelity(fidelity: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
-    ax.scatter(fidelity["target_acc"], fidelity["achieved_val_acc"], color=COLORS["aqgan"], s=18)
+    ax.scatter(fidelity["target_acc"], fidelity["achieved_val_acc"], color=COLORS["aqgan"], s=18,
+               label="validation")  # fmt: skip
+    if "achieved_test_acc" in fidelity:
+        ax.scatter(fidelity["target_acc"], fidelity["achieved_test_acc"], color="black",
+                   marker="x", s=18, label="test (after the choice)")  # fmt: skip
     lo = float(min(fidelity["target_acc"].min(), fidelity["achieved_val_acc"].min()))
     hi = float(max(fidelity["target_acc"].max(), fidelity["achieved_val_acc"].max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="achieved = target")
     ax.set_xlabel("target accuracy")
-    ax.set_ylabel("achieved validation accuracy")
+    ax.set_ylabel("achieved accuracy")
     ax.set_title("AQGAN: target vs achieved")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -187,9 +266,57 @@ def markdown_table(frame: pd.DataFrame, index_name: str) -> str:
     return "\n".join(lines)
 
 
+def load_fidelity(run_dir: Path, summary: dict) -> pd.DataFrame | None:
+    """Every seed's verified fidelity proposals (``fidelity.parquet`` of each seed's folder),
+    with a ``seed`` column."""
+    reps = summary.get("replicates") or [{"seed": 0, "run_dir": "."}]
+    frames = []
+    for rep in reps:
+        path = run_dir / rep["run_dir"] / "fidelity.parquet"
+        if path.is_file():
+            frames.append(read_frame(path).assign(seed=rep["seed"]))
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def fidelity_lines(fidelity: pd.DataFrame) -> list[str]:
+    """The paper's flow (the checkpoint proposes, each proposal verified once): mean |achieved
+    - target| on the validation split, and on the test split measured after the choice."""
+    per_seed = fidelity.groupby("seed").apply(
+        lambda f: pd.Series(
+            {
+                "val": (f["achieved_val_acc"] - f["target_acc"]).abs().mean(),
+                "test": (f["achieved_test_acc"] - f["target_acc"]).abs().mean()
+                if "achieved_test_acc" in f
+                else float("nan"),
+                "max": (f["achieved_val_acc"] - f["target_acc"]).abs().max(),
+            }
+        ),
+        include_groups=False,
+    )
+    n_seeds = len(per_seed)
+
+    def figure(column: str) -> str:
+        values = 100 * per_seed[column]
+        if values.isna().all():
+            return "not measured"
+        std = values.std(ddof=1) if n_seeds > 1 else float("nan")
+        return f"{values.mean():.2f}" + ("" if pd.isna(std) else f" ± {std:.2f}") + " points"
+
+    return [
+        f"Verify once, checkpoint only (the paper's flow): {len(fidelity)} proposals over "
+        f"{fidelity.groupby('seed')['target_acc'].nunique().iloc[0]} targets per seed, "
+        f"{n_seeds} seed(s). Mean |achieved - target| on the validation split "
+        f"{figure('val')}; on the test split, scored once after the choice, {figure('test')} "
+        f"(largest validation miss {100 * per_seed['max'].max():.2f} points).",
+        "",
+    ]
+
+
 def build(run_dir: Path) -> Path:
     """Write ``report.md`` and its plots into ``run_dir``; returns the report's path."""
-    cost, traces, fidelity, summary = load_tables(run_dir)
+    cost, traces, _, summary = load_tables(run_dir)
+    fidelity = load_fidelity(run_dir, summary)
+    chance = summary.get("chance_acc")
     plots = {
         "accuracy against budget": plot_accuracy_vs_budget(
             cost, run_dir / "accuracy_vs_budget.png"
@@ -201,69 +328,112 @@ def build(run_dir: Path) -> Path:
     anytime = plot_anytime(cost, traces, run_dir / "anytime.png")
     if anytime is not None:
         plots["anytime curves"] = anytime
+    seeds = sorted(cost["seed"].unique())
     lines = [f"# aqgan-ray report: {summary.get('experiment', run_dir.name)}", ""]
     if summary:
+        space = (
+            "the first layer's weights at 8 bits with the image unquantized and the last layer "
+            "at W8/A8 (HAQ's search space), for every method"
+            if summary.get("keep_first_last")
+            else "every layer free, the first and last included, for every method"
+        )
         lines += [
             f"{summary['model']} on {summary['dataset']}; float accuracy: validation "
             f"{summary['fp_val_acc']:.4f}, test {summary['fp_test_acc']:.4f}. Searches score "
             "configs on the validation split; every accuracy below called *test* is the "
-            "held-out test split, measured once per chosen config.",
+            "held-out test split, measured once per chosen config. Search space: "
+            f"{space}. Seeds: {', '.join(str(s) for s in seeds)}; each repeats collection, "
+            "AQGAN's training and every search.",
             "",
         ]
-        one = summary.get("one_time", {})
-        if one:
+        reps = summary.get("replicates") or [{"one_time": summary.get("one_time", {})}]
+        ones = [r["one_time"] for r in reps if r.get("one_time")]
+        if ones:
+            one = ones[0]
+            mean = {k: sum(o[k] for o in ones) / len(ones) for k in
+                    ("collect_evaluations", "refine_evaluations", "fidelity_evaluations",
+                     "eval_cpu_s", "train_s")}  # fmt: skip
             lines += [
-                f"AQGAN's one-time cost: {one['collect_evaluations']} evaluations to collect the "
-                f"store, {one.get('refine_evaluations', 0)} of active refinement and "
-                f"{one['fidelity_evaluations']} to verify fidelity after training "
-                f"({one['eval_cpu_s']:.0f} evaluator seconds), and {one['train_s']:.0f} s of "
-                f"training, shared by {one['design_points']} design points.",
+                f"AQGAN's one-time cost per seed (mean of {len(ones)}): "
+                f"{mean['collect_evaluations']:.0f} evaluations to collect its store, "
+                f"{mean['refine_evaluations']:.0f} of active refinement and "
+                f"{mean['fidelity_evaluations']:.0f} to verify fidelity after training "
+                f"({mean['eval_cpu_s']:.0f} evaluator seconds), and {mean['train_s']:.0f} s of "
+                f"training, shared by {one['design_points']} design points. It trains only on "
+                "the evaluations it paid for (its collection and refinement), never on another "
+                "method's.",
                 "",
             ]
         for note in summary.get("notes", []):
             lines += [f"*Note:* {note}", ""]
-    lines += [
-        "## Search cost and accuracy per method",
-        "",
-        markdown_table(summary_table(cost), "method"),
-        "",
-    ]
-    lines += ["## Per design point", "", markdown_table(point_table(cost), "design point"), ""]
+    lines += _comparison_sections(cost, chance)
+    lines += ["## Per design point", "",
+              "Means over seeds.", "",
+              markdown_table(point_table(cost), "design point"), ""]  # fmt: skip
     matched = cost[cost["method"] != "aqgan"]
     if len(matched):
         lines += [
             "## Cost to match AQGAN",
             "",
             "Evaluations each search needed before its best config within budget first reached "
-            "the validation accuracy AQGAN selected at the same design point (empty: never, "
-            "within its evaluations).",
+            "the validation accuracy AQGAN selected at the same design point and seed (empty: "
+            "never, within its evaluations).",
             "",
             markdown_table(
                 matched.set_index(matched["hw"] + " " + matched.apply(_budget_text, axis=1))[
-                    ["method", "evaluations", "evaluations_to_match"]
+                    ["method", "seed", "evaluations", "evaluations_to_match"]
                 ],
                 "design point",
             ),
             "",
         ]
     if fidelity is not None and len(fidelity):
-        errors = (fidelity["achieved_val_acc"] - fidelity["target_acc"]).abs()
-        lines += [
-            "## AQGAN fidelity",
-            "",
-            f"{len(fidelity)} verified proposals over {fidelity['target_acc'].nunique()} targets: "
-            f"mean |achieved - target| {100 * errors.mean():.2f} points, max "
-            f"{100 * errors.max():.2f}.",
-            "",
-        ]
+        lines += ["## AQGAN fidelity", "", *fidelity_lines(fidelity)]
     for title, path in plots.items():
         lines += [f"## {title[0].upper()}{title[1:]}", "", f"![{title}]({path.name})", ""]
     return write_text(run_dir / "report.md", "\n".join(lines))
 
 
+def _comparison_sections(cost: pd.DataFrame, chance: float | None) -> list[str]:
+    """Every method on the points they all ran on; then, where some methods ran on fewer, the
+    methods that ran everywhere on every point."""
+    counted = (
+        f"A point where a method found nothing within budget counts at chance accuracy "
+        f"({chance:.4g})."
+        if chance is not None
+        else "A point where a method found nothing within budget is left out of its mean."
+    )
+    legend = (
+        f"Mean over seeds ± their standard deviation; *vs aqgan* is the paired difference in "
+        f"test accuracy, marked * only when larger than its spread over seeds. {counted}"
+    )
+    all_points = cost.assign(point=_point_key(cost))["point"].nunique()
+    table = summary_table(cost, chance)
+    n_shared = int(table["points"].max()) if len(table) else 0
+    lines = [
+        "## Search cost and accuracy per method",
+        "",
+        f"On the {n_shared} of {all_points} design points every method ran on. {legend}",
+        "",
+        markdown_table(readable_summary(table), "method"),
+        "",
+    ]
+    points_of = cost.assign(point=_point_key(cost)).groupby("method")["point"].nunique()
+    everywhere = [m for m in METHOD_ORDER if points_of.get(m, 0) == all_points]
+    if n_shared < all_points and len(everywhere) > 1:
+        wide = summary_table(cost[cost["method"].isin(everywhere)], chance)
+        lines += [
+            f"### {', '.join(everywhere)} on all {all_points} design points",
+            "",
+            markdown_table(readable_summary(wide), "method"),
+            "",
+        ]
+    return lines
+
+
 def compare(dirs: list[Path]) -> pd.DataFrame:
     """One table across result directories (``results/<experiment>`` folders of finished runs):
-    per run and method, the summary table's columns."""
+    per run and method, the summary table's columns (the points every method ran on)."""
     frames = []
     for folder in dirs:
         path = Path(folder) / "search_cost.parquet"
@@ -272,7 +442,13 @@ def compare(dirs: list[Path]) -> pd.DataFrame:
                 f"{folder} holds no search_cost.parquet; give results/<experiment> directories "
                 "of finished runs"
             )
-        table = summary_table(read_frame(path)).reset_index()
+        summary_path = Path(folder) / "run.json"
+        chance = (
+            json.loads(summary_path.read_text()).get("chance_acc")
+            if summary_path.is_file()
+            else None
+        )
+        table = summary_table(read_frame(path), chance).reset_index()
         frames.append(table.assign(run=str(folder)))
     rows = pd.concat(frames, ignore_index=True)
     return rows[["run", *[c for c in rows.columns if c != "run"]]]

@@ -1,6 +1,10 @@
-"""The experiment end to end (``aqgan_ray.run``, ``aqgan-ray run``): prepare, collect, train AQGAN,
-every method on every design point and seed, the test split for every chosen config, then the
-search-cost tables and the report.
+"""The experiment end to end (``aqgan_ray.run``, ``aqgan-ray run``): prepare, then per seed
+collect, train AQGAN, every method on every design point, the test split for every chosen
+config; then the search-cost tables of every seed and the report.
+
+A seed repeats everything random about the comparison (collection, AQGAN's training and
+proposals, every search) in its own folder: the experiment's own seed in ``results/<name>/``,
+any other in ``results/<name>/seed-<S>/``; the base model and its evaluation are shared.
 
 Every stage is idempotent and every search checkpointed, so running it again finishes an
 interrupted run without evaluating any stored config again. ``experiment.json`` ties the results
@@ -10,10 +14,12 @@ directory to the experiment: a run of another setup there is refused.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 from tqdm import tqdm
 
 from aqgan_ray.atomic import write_json
@@ -24,11 +30,24 @@ from aqgan_ray.settings import as_dict
 from aqgan_ray.store import read_frame, write_table
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from aqgan_ray.aqgan.checkpoint import Loaded
     from aqgan_ray.search import SearchResult
     from aqgan_ray.settings import Experiment
+
+
+@dataclass(frozen=True)
+class Replicate:
+    """One seed's run: its own collection, AQGAN and searches (``Session.for_seed``)."""
+
+    seed: int
+    run_dir: Path
+    results: dict[tuple[str, design.Planned], SearchResult]
+    test_acc: dict[str, float]
+    one_time: ledger.OneTime
+    rows_by_source: dict[str, int]  # the rows AQGAN trained on, per source
+    collect: dict[str, Any]
+    trained: bool
+    fidelity: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -38,26 +57,28 @@ class RunResult:
     run_dir: Path
     search_cost: pd.DataFrame
     traces: pd.DataFrame
-    fidelity: pd.DataFrame | None
+    fidelity: pd.DataFrame | None  # every seed's verified fidelity proposals (a seed column)
     report: Path
-    one_time: dict[str, Any]
+    one_time: dict[str, Any]  # the first seed's; ``replicates`` holds every seed's
     collect: dict[str, Any]
     trained: bool  # AQGAN was trained by this call (not reused from an earlier one)
     rows: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    replicates: list[dict[str, Any]] = field(repr=False, default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """What ``run --json`` prints."""
-        fidelity = self.run_dir / "fidelity.parquet"
         return {
             "experiment": self.run_dir.name,
             "search_cost": str(self.run_dir / "search_cost.parquet"),
             "traces": str(self.run_dir / "traces.parquet"),
-            "fidelity": str(fidelity) if self.fidelity is not None else None,
+            "fidelity": [r["fidelity"] for r in self.replicates if r["fidelity"]],
             "report": str(self.report),
             "rows": self.rows,
             "one_time": self.one_time,
+            "rows_by_source": self.one_time["rows_by_source"],
             "trained": self.trained,
             "collect": self.collect,
+            "replicates": self.replicates,
         }
 
 
@@ -66,11 +87,15 @@ def run(
     results: str | Path = "results",
     *,
     resume: bool = False,
+    seeds: Sequence[int] | None = None,
     **session: Any,
 ) -> RunResult:
-    """The whole experiment (``aqgan-ray run``). ``resume=True`` insists that there is a run to
-    finish; ``session`` takes ``Session``'s options (``pool``, ``address``, ``workers``, ...)."""
+    """The whole experiment (``aqgan-ray run``), once per seed (default: ``[design] seeds``):
+    each seed collects, trains AQGAN and runs every search on its own, in its own folder
+    (``Session.for_seed``). ``resume=True`` insists that there is a run to finish; ``session``
+    takes ``Session``'s options (``pool``, ``address``, ``workers``, ...)."""
     exp = experiment
+    seeds = design.check_seeds(exp.design.seeds if seeds is None else seeds)
     run_dir = Path(results) / exp.name
     manifest = run_dir / "experiment.json"
     try:  # as it reads back from experiment.json
@@ -90,17 +115,46 @@ def run(
     elif resume:
         raise UserError(f"no run to resume in {run_dir}; start one without --resume")
     with Session(exp, results, **session) as s:
-        planned = design.design_points(exp, s.layers)  # a bad design fails before anything slow
+        # a bad design fails before anything slow
+        planned = design.design_points(exp, s.layers, seeds)
         s.open()  # the store, Ray and the base model, before anything is written
         write_json(manifest, fingerprint)
-        collected = s.collect(exp.collect.samples)
-        loaded, trained = _aqgan_stage(s)
-        results_by = _search_stage(s, planned, loaded)
-        test_acc = _test_accuracies(s, results_by)
-        store_rows = s.service.store.rows()
-        fp = (s.prepared.fp_val_acc, s.prepared.fp_test_acc)
-    return _write_comparison(exp, run_dir, fp, planned, results_by, test_acc, store_rows, loaded,
-                             collected, bool(trained))  # fmt: skip
+        replicates = []
+        for seed in seeds:
+            r = s.for_seed(seed)
+            try:
+                replicates.append(_replicate(r, [p for p in planned if p.seed == seed]))
+            finally:
+                if r is not s:
+                    r.close()
+        info = {
+            "fp_val_acc": s.prepared.fp_val_acc,
+            "fp_test_acc": s.prepared.fp_test_acc,
+            "chance_acc": 1.0 / s.splits.num_classes,
+        }
+    return _write_comparison(exp, run_dir, info, planned, replicates)
+
+
+def _replicate(r: Session, planned: list[design.Planned]) -> Replicate:
+    """One seed: collect, train AQGAN, every search, the test split of every chosen config."""
+    from aqgan_ray.aqgan.data import TRAINING_SOURCES
+    from aqgan_ray.aqgan.train import FIDELITY, refine_log
+
+    r.open()
+    collected = r.collect(r.experiment.collect.samples)
+    loaded, trained = _aqgan_stage(r)
+    results_by = _search_stage(r, planned, loaded)
+    test_acc = _test_accuracies(r, results_by)
+    fidelity_path = r.run_dir / FIDELITY
+    fidelity = read_frame(fidelity_path).to_dict("records") if fidelity_path.is_file() else []
+    store_rows = r.service.store.rows()
+    refine_rows = refine_log(r.run_dir, loaded.eval_key)
+    one = ledger.one_time_cost(store_rows, fidelity, loaded.metrics["train_s"], refine_rows)
+    by_source = {
+        source: int(loaded.metrics.get(f"rows_{source}", 0)) for source in TRAINING_SOURCES
+    }
+    return Replicate(r.seed, r.run_dir, results_by, test_acc, one, by_source, collected,
+                     bool(trained), fidelity)  # fmt: skip
 
 
 def _aqgan_stage(s: Session) -> tuple[Loaded, dict[str, Any]]:
@@ -115,10 +169,12 @@ def _aqgan_stage(s: Session) -> tuple[Loaded, dict[str, Any]]:
     trained: dict[str, Any] = {}
     try:
         loaded = load_checkpoint(path, names, choices, model_id(exp))
+        collected = sum(1 for row in store.rows() if row["source"] == "collect")
         current = (
             loaded.eval_key == store.eval_key
             and "train_s" in loaded.metrics
             and loaded.metrics.get("refine_rounds", 0) >= exp.aqgan.refine_rounds
+            and loaded.metrics.get("rows_collect") == collected  # not a smaller collection's
         )
     except UserError:
         current = False
@@ -127,7 +183,7 @@ def _aqgan_stage(s: Session) -> tuple[Loaded, dict[str, Any]]:
         trained, loaded = gen.training, gen.loaded
     elif exp.aqgan.fidelity_targets and not (s.run_dir / FIDELITY).is_file():
         rows = verify_fidelity(s.service, loaded, s.prepared.layers, exp.aqgan.fidelity_targets,
-                               exp.aqgan.fidelity_top, s.progress)  # fmt: skip
+                               exp.aqgan.fidelity_top, s.progress, s.test_accuracy)  # fmt: skip
         write_table(rows, s.run_dir / FIDELITY)
     return loaded, trained
 
@@ -188,37 +244,58 @@ def _test_accuracies(s: Session, results: dict) -> dict[str, float]:
     return known
 
 
-def _write_comparison(exp, run_dir, fp, planned, results, test_acc, store_rows, loaded,
-                      collected, trained) -> RunResult:  # fmt: skip
-    """search_cost.parquet, traces.parquet, run.json and the report."""
-    from aqgan_ray.aqgan.train import FIDELITY, refine_log
+def _write_comparison(
+    exp: Experiment,
+    run_dir: Path,
+    info: dict[str, float],
+    planned: list[design.Planned],
+    replicates: list[Replicate],
+) -> RunResult:
+    """search_cost.parquet and traces.parquet (every seed), run.json and the report."""
+    from aqgan_ray.aqgan.train import FIDELITY
 
-    fidelity_path = run_dir / FIDELITY
-    fidelity = read_frame(fidelity_path) if fidelity_path.is_file() else None
-    fidelity_rows = fidelity.to_dict("records") if fidelity is not None else []
-    refine_rows = refine_log(run_dir, loaded.eval_key)
-    one = ledger.one_time_cost(store_rows, fidelity_rows, loaded.metrics["train_s"], refine_rows)
-    rows = ledger.cost_rows(exp, results, test_acc, one)
+    rows, traces, fidelity, summaries = [], [], [], []
+    for rep in replicates:
+        rows += ledger.cost_rows(exp, rep.results, rep.test_acc, rep.one_time)
+        traces += ledger.trace_rows(rep.results)
+        fidelity += [{**row, "seed": rep.seed} for row in rep.fidelity]
+        served = sum(1 for method, _ in rep.results if method == "aqgan")
+        one = rep.one_time
+        one_time = {
+            "collect_evaluations": one.collect_evaluations,
+            "refine_evaluations": one.refine_evaluations,
+            "fidelity_evaluations": one.fidelity_evaluations,
+            "evaluations": one.evaluations,
+            "eval_cpu_s": one.eval_cpu_s,
+            "train_s": one.train_s,
+            "design_points": served,
+            "rows_by_source": rep.rows_by_source,  # what AQGAN trained on: never another method's
+        }
+        fidelity_file = rep.run_dir / FIDELITY
+        summaries.append(
+            {
+                "seed": rep.seed,
+                "run_dir": str(rep.run_dir.relative_to(run_dir)),
+                "one_time": one_time,
+                "fidelity": str(fidelity_file) if rep.fidelity else None,
+                "fidelity_evaluations": len(rep.fidelity),
+                "collect": rep.collect,
+                "trained": rep.trained,
+            }
+        )
+    rows.sort(key=ledger.row_order)
     write_table(rows, run_dir / "search_cost.parquet")
-    write_table(ledger.trace_rows(results), run_dir / "traces.parquet")
-    served = sum(1 for method, _ in results if method == "aqgan")
-    one_time = {
-        "collect_evaluations": one.collect_evaluations,
-        "refine_evaluations": one.refine_evaluations,
-        "fidelity_evaluations": one.fidelity_evaluations,
-        "evaluations": one.evaluations,
-        "eval_cpu_s": one.eval_cpu_s,
-        "train_s": one.train_s,
-        "design_points": served,
-    }
+    write_table(traces, run_dir / "traces.parquet")
     summary = {
         "experiment": exp.name,
         "model": exp.model.name,
         "dataset": exp.data.name,
-        "fp_val_acc": fp[0],
-        "fp_test_acc": fp[1],
-        "design_points": len(planned),
-        "one_time": one_time,
+        **info,
+        "keep_first_last": exp.quant.keep_first_last,
+        "seeds": [rep.seed for rep in replicates],
+        "design_points": len({(p.hw_name, p.budget_text) for p in planned}),
+        "one_time": summaries[0]["one_time"],
+        "replicates": [{k: v for k, v in r.items() if k != "collect"} for r in summaries],
         "notes": _notes(exp, planned),
     }
     write_json(run_dir / "run.json", summary)
@@ -227,12 +304,13 @@ def _write_comparison(exp, run_dir, fp, planned, results, test_acc, store_rows, 
         run_dir=run_dir,
         search_cost=read_frame(run_dir / "search_cost.parquet"),
         traces=read_frame(run_dir / "traces.parquet"),
-        fidelity=fidelity if fidelity_rows else None,
+        fidelity=pd.DataFrame(fidelity) if fidelity else None,
         report=report_path,
-        one_time=one_time,
-        collect=collected,
-        trained=trained,
+        one_time=summaries[0]["one_time"],
+        collect=summaries[0]["collect"],
+        trained=any(rep.trained for rep in replicates),
         rows=rows,
+        replicates=summaries,
     )
 
 
@@ -242,7 +320,7 @@ def _notes(exp: Experiment, planned: list[design.Planned]) -> list[str]:
         f"Design point(s) {', '.join(p.merged)} price every config as {p.label} does (same "
         f"ranking and budget): merged into it, so they count once."
         for p in planned
-        if p.merged and p.seed == exp.design.seeds[0]
+        if p.merged and p.seed == planned[0].seed
     ]
     if exp.baselines.evaluations < 600:
         notes.append(
