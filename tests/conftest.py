@@ -155,6 +155,7 @@ def collected(ray_cluster, smoke, tmp_path_factory: pytest.TempPathFactory) -> P
             40,
             exp.seed,
             progress=False,
+            keep_first_last=exp.quant.keep_first_last,
         )
     return results
 

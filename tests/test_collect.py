@@ -43,6 +43,7 @@ def _collect(service, smoke, samples: int, **kwargs):
         samples,
         exp.seed,
         progress=False,
+        keep_first_last=exp.quant.keep_first_last,
         **kwargs,
     )
 
@@ -128,7 +129,7 @@ def test_service_answers_stored_configs_from_the_store_and_charges_them(tmp_path
     store = _store(tmp_path, smoke)
     service = EvaluationService(store, actors)
     names = prepared.layer_names
-    eight, six = QuantConfig.uniform(names, 8), QuantConfig.uniform(names, 6)
+    eight, six = QuantConfig.uniform(names, 8), QuantConfig.uniform(names, 6).pinned()
     first = service.evaluate([eight, eight, six], source="uniform")
     assert [o.cached for o in first] == [False, True, False]  # asked twice, evaluated once
     assert first[0].val_acc == first[1].val_acc > 0.8
@@ -137,3 +138,29 @@ def test_service_answers_stored_configs_from_the_store_and_charges_them(tmp_path
     assert service.requested == 4 and service.evaluated == 2
     store.close()
     assert sorted(_raw_hashes(store.root)) == sorted([eight.hash, six.hash])
+
+
+def test_other_methods_rows_are_not_collected_nor_learnt_from(tmp_path, smoke, actors):
+    """Evidence by source: rows a baseline stored first neither count towards N nor reach the
+    sampler, so the collection is the one an empty store would have drawn."""
+    exp, prepared, _ = smoke
+    names = prepared.layer_names
+    store = _store(tmp_path / "a", smoke)
+    service = EvaluationService(store, actors)
+    n = len(names)  # configs no sampler draw would produce: alternating bits
+    others = [
+        QuantConfig(
+            names, (b, 2) * (n // 2) + (b,) * (n % 2), (3, b) * (n // 2) + (3,) * (n % 2)
+        ).pinned()
+        for b in (4, 6, 8)
+    ]
+    service.evaluate(others, source="random")
+    stats = _collect(service, smoke, 6)
+    assert stats.total == 6 and stats.evaluated_now == 6 and len(store) == 9
+    rows = store.rows()
+    collected = {r["config_hash"] for r in rows if r["source"] == "collect"}
+    assert len(collected) == 6 and not collected & {c.hash for c in others}
+    alone = _store(tmp_path / "b", smoke)
+    _collect(EvaluationService(alone, actors), smoke, 6)
+    assert {r["config_hash"] for r in alone.rows()} == collected
+    assert all(r["w_bits"][0] == r["w_bits"][-1] == r["a_bits"][-1] == 8 for r in rows)

@@ -119,8 +119,9 @@ def smoke_point(smoke) -> DesignPoint:
     exp, prepared, _ = smoke
     choices = exp.quant.bit_choices
     hw = get_hw_model("bismo-edge", prepared.layers, choices)
-    budget = parse_budget("latency_ms=0.5x", hw, prepared.layers)
-    return DesignPoint(tuple(prepared.layers), tuple(choices), hw, budget)
+    pinned = exp.quant.keep_first_last  # HAQ's search space, as the evaluator expects
+    budget = parse_budget("latency_ms=0.5x", hw, prepared.layers, keep_first_last=pinned)
+    return DesignPoint(tuple(prepared.layers), tuple(choices), hw, budget, pinned)
 
 
 def _identity(method: str, point: DesignPoint) -> dict:
@@ -222,8 +223,8 @@ def test_baselines_find_a_config_within_budget_and_pay_for_cache_hits(
     if method == "random":
         assert len(first.trace) == 4
     else:  # widest fitting width first, one narrower each time, until a drop or the end
-        fitting = [c.w_bits[0] for c in make("uniform", tmp_path).candidates]
-        widths = [r["w_bits"][0] for r in first.trace]
+        fitting = [c.w_bits[1] for c in make("uniform", tmp_path).candidates]
+        widths = [r["w_bits"][1] for r in first.trace]
         assert widths == fitting[: len(widths)]
         assert all(a <= b for a, b in zip(accs[:-2], accs[1:-1], strict=True))
         assert accs[-1] < accs[-2] or len(widths) in (4, len(fitting))

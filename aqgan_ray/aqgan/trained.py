@@ -61,7 +61,8 @@ class TrainedGenerator:
             raise UserError("a budget needs the hardware model it is priced on (hw=...)")
         model = get_hw_model(hw, self.layers, self.bit_choices) if isinstance(hw, str) else hw
         if isinstance(budget, str):
-            budget = parse_budget(budget, model, self.layers, min(self.bit_choices))
+            pinned = self.loaded.keep_first_last
+            budget = parse_budget(budget, model, self.layers, min(self.bit_choices), pinned)
         return Query(target_acc, model, budget, n, top, self.seed if seed is None else seed)
 
     def propose(

@@ -159,3 +159,35 @@ def test_a_checkpoint_alone_serves_proposals_priced_on_its_own_layer_table(
         aq.load_generator(old)
     again = aq.load_generator(old, synthetic.layers).propose(**ask, n=300, top=3, seed=0)
     assert [p.config for p in again] == [p.config for p in proposals]
+
+
+def test_a_checkpoint_of_haqs_space_proposes_only_pinned_configs(loaded, synthetic, tmp_path):
+    """keep_first_last: whatever the generator samples, the first and last layers are 8-bit."""
+    from dataclasses import replace
+
+    pinned = replace(loaded, keep_first_last=True)
+    hw = get_hw_model("bismo-edge", synthetic.layers, loaded.bit_choices)
+    budget = parse_budget("latency_ms=0.5x", hw, synthetic.layers, keep_first_last=True)
+    target = float(loaded.model.scaler.unscale(0.8))
+    found = propose(pinned, synthetic.layers, Query(target, hw, budget, n=300, top=3, seed=0))
+    found += best_under_budget(pinned, synthetic.layers, Query(None, hw, budget, n=300, top=3))
+    assert len(found) == 6
+    for p in found:
+        assert p.config == p.config.pinned() and p.within_budget and p.cost <= budget.value
+    path = aqgan.save_checkpoint(
+        tmp_path / "aqgan.pt", loaded.model, loaded.spec, loaded.layer_names,
+        loaded.bit_choices, "k", {}, "smoke", synthetic.layers, keep_first_last=True,
+    )  # fmt: skip
+    assert aqgan.read_checkpoint(path).keep_first_last
+
+
+def test_the_ranker_takes_in_aqgans_evaluations_only(loaded, synthetic):
+    """Evidence by source: a baseline's stored rows never reach AQGAN's ranker."""
+    sources = ["random", "haq", "optuna", "uniform"] * 3
+    rows = [
+        {**row, "eval_key": "k", "source": source}
+        for row, source in zip(synthetic.rows(12, seed=5), sources, strict=True)
+    ]
+    assert aqgan.with_evidence(loaded, rows)[1] == 0
+    own = [{**row, "source": "aqgan"} for row in rows[:4]]
+    assert aqgan.with_evidence(loaded, rows + own)[1] == 4

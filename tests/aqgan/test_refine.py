@@ -120,3 +120,11 @@ def test_a_resumed_refinement_ends_with_the_uninterrupted_model(start, synthetic
     for a, b in zip(whole.generator.parameters(), resumed.generator.parameters(), strict=True):
         assert torch.equal(a, b)
     assert np.array_equal(gan.sample(whole, 0.5, 16, 3)[1], gan.sample(resumed, 0.5, 16, 3)[1])
+
+
+def test_training_rows_are_the_collected_and_the_kept_refinement_only(synthetic):
+    rows = synthetic.rows(6)
+    sources = ["collect", "collect", "refine", "refine", "random", "aqgan"]
+    tagged = [{**row, "source": source} for row, source in zip(rows, sources, strict=True)]
+    kept = {tagged[2]["config_hash"]}
+    assert training_rows(tagged, kept) == tagged[:3]

@@ -102,13 +102,13 @@ def test_a_seeded_run_is_reproducible_and_resumes_exactly(point):
     assert straight[:2] != _run(Haq(point, seed=8, fp_val_acc=0.85, args=ARGS), 2)
 
     first = Haq(point, seed=7, fp_val_acc=0.85, args=ARGS)
-    head = _run(first, 4)  # past warm-up: networks, optimisers, buffer and noise all matter
+    head = _run(first, 5)  # past warm-up: networks, optimisers, buffer and noise all matter
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
     resumed = Haq(point, seed=123, fp_val_acc=0.85, args=ARGS)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
-    assert head + _run(resumed, 2) == straight
+    assert head + _run(resumed, 1) == straight
     assert resumed.episode == 6
 
 
@@ -118,3 +118,30 @@ def test_parallel_episodes_are_switchable(point):
     assert len(configs) == 3 and len({c.hash for c in configs}) == 3
     agent.tell(configs, [_proxy_accuracy(c) for c in configs])
     assert agent.episode == 3 and agent.replay.size == 3 * 2 * len(point.layers)
+
+
+def test_warm_up_replay_and_state_follow_haqs_code(point_at):
+    """HAQ's loop: random while ``episode <= warmup``, updates once ``episode > warmup``; a
+    replay buffer of 128 transitions per layer; the state's previous bits over the top width."""
+    point = point_at("latency_ms=0.4x")
+    agent = Haq(point, seed=0, fp_val_acc=0.85, args=HaqArgs(warmup=2, batch_size=16))
+    assert len(agent.replay.state) == 128 * len(point.layers)
+    start = {k: v.clone() for k, v in agent.actor.state_dict().items()}
+    _run(agent, 3)  # episodes 0, 1, 2: random, no update
+    assert all(torch.equal(start[k], v) for k, v in agent.actor.state_dict().items())
+    episode = agent._rollout()  # episode 3: the untrained actor acts, then learns
+    prev = episode.states[:, FEATURES.index("prev_action")]
+    bits = [action_to_bits(float(a), point.bit_choices) / 8 for a in episode.actions]
+    assert prev[0] == 1.0 and np.allclose(prev[1:], bits[:-1])
+    agent._pending = [episode]
+    agent.tell([None], [0.5])
+    assert not all(torch.equal(start[k], v) for k, v in agent.actor.state_dict().items())
+
+
+def test_under_keep_first_last_every_episode_pins_the_first_and_last_layers(point_at):
+    free = point_at("latency_ms=0.4x")
+    point = DesignPoint(free.layers, free.bit_choices, free.hw, free.budget, keep_first_last=True)
+    agent = Haq(point, seed=0, fp_val_acc=0.85, args=HaqArgs(warmup=2))
+    for config in (agent.ask(1)[0] for _ in range(4)):
+        assert config.w_bits[0] == config.a_bits[0] == config.w_bits[-1] == config.a_bits[-1] == 8
+        assert point.fits(config)

@@ -17,7 +17,9 @@ def _configs(prepared, n: int) -> list[QuantConfig]:
     rng = np.random.default_rng(3)
     names = prepared.layer_names
     return [
-        QuantConfig(names, tuple(rng.integers(3, 9, len(names))), tuple(rng.integers(3, 9, 53)))
+        QuantConfig(
+            names, tuple(rng.integers(3, 9, len(names))), tuple(rng.integers(3, 9, 53))
+        ).pinned()  # the smoke preset's search space
         for _ in range(n)
     ]
 

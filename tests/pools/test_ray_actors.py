@@ -24,7 +24,7 @@ def _configs(prepared, n: int, seed: int = 0) -> list[QuantConfig]:
     return [
         QuantConfig(
             names, tuple(rng.integers(4, 9, len(names))), tuple(rng.integers(4, 9, len(names)))
-        )
+        ).pinned()  # the smoke preset's search space
         for _ in range(n)
     ]
 
