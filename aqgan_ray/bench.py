@@ -30,16 +30,19 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def _random_configs(prepared: Prepared, n: int) -> list[QuantConfig]:
-    """Per-layer bits drawn uniformly, seeded: every run and path times the same configs."""
+    """Per-layer bits drawn uniformly, seeded: every run and path times the same configs, in
+    the experiment's search space."""
     rng = np.random.default_rng(prepared.experiment.seed)
-    choices = np.array(prepared.experiment.quant.bit_choices)
+    quant = prepared.experiment.quant
+    choices = np.array(quant.bit_choices)
     names = prepared.layer_names
-    return [
+    configs = [
         QuantConfig(
             names, tuple(rng.choice(choices, len(names))), tuple(rng.choice(choices, len(names)))
         )
         for _ in range(n)
     ]
+    return [c.pinned() for c in configs] if quant.keep_first_last else configs
 
 
 def bench_eval(prepared: Prepared, splits: Splits, repeats: int = 5) -> dict[str, Any]:

@@ -516,10 +516,11 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     )
     out = result.to_dict()
     if not args.json:
-        from aqgan_ray.experiment.report import summary_table
+        from aqgan_ray.experiment.report import readable_summary, summary_table
 
-        table = summary_table(result.search_cost)
-        print()
+        chance = json.loads((result.run_dir / "run.json").read_text()).get("chance_acc")
+        table = readable_summary(summary_table(result.search_cost, chance))
+        print("\nOn the design points every method ran on (report.md has the rest):")
         print(table.to_string(float_format=lambda v: f"{v:.4g}"))
         print(f"\nsearch cost: {out['search_cost']}\nreport: {out['report']}")
     return out

@@ -296,6 +296,8 @@ def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
     assert 0 <= trained["fidelity_mae"] <= 1 and trained["heldout_mae"] > 0
     fidelity = pd.read_parquet(trained["fidelity_table"])
     assert {"target_acc", "predicted_acc", "achieved_val_acc"} <= set(fidelity.columns)
+    # held out: the test split, scored once after the choice
+    assert fidelity["achieved_test_acc"].between(0, 1).all() and trained["fidelity_test_mae"] >= 0
     assert (collected / "smoke" / "aqgan.pt").is_file()
 
     rows = pd.read_parquet(collected / "smoke" / "evaluations")
@@ -327,6 +329,7 @@ def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
     verified = _inproc_ok(inproc("generate", *base, *once, "--json"))
     assert verified["verify_evaluations"] == 2 and verified["verify_rounds"] == 1
     assert all(0 <= p["val_acc"] <= 1 and p["round"] == 1 for p in verified["proposals"])
+    assert all(0 <= p["test_acc"] <= 1 for p in verified["proposals"])
     fresh = sum(not p["cached"] for p in verified["proposals"])
     again = _inproc_ok(inproc("generate", *base[:4], "--target-acc", "0.5", "--top", "1", "--json"))
     assert again["store_evidence"] == out["store_evidence"] + fresh
@@ -345,14 +348,16 @@ def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
     assert [abs(p["val_acc"] - 0.5) for p in looped["proposals"]] == nearest
 
     # Trained again without refinement: the logged round is not counted, and the configs it
-    # evaluated, still in the store, are not trained on (everything else is).
+    # evaluated, still in the store, are not trained on; nor are verifications (the collected
+    # rows are).
     again = _inproc_ok(
         inproc("train", *base, "--steps", "20", "--fidelity-targets", "0",
                "--refine-rounds", "0", "--json")
     )  # fmt: skip
     store = pd.read_parquet(collected / "smoke" / "evaluations")
     assert again["refine_evaluations"] == 0 and again["refine"] == []
-    assert again["store_configs"] == (store["source"] != "refine").sum()
+    assert again["store_configs"] == (store["source"] == "collect").sum() == 40
+    assert again["rows_by_source"] == {"collect": 40, "refine": 0}
 
 
 @pytest.mark.parametrize(

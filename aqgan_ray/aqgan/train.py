@@ -101,7 +101,9 @@ def train(
     # The configs its ranker was fitted on: the store can hold refinement configs of rounds
     # not asked for now, which training leaves out, and other methods' rows, never used.
     trained_on = len(model.residual.x)
-    used = rows_by_source(training_rows(store.rows(), {r["config_hash"] for r in refine_log}))
+    kept = {r["config_hash"] for r in refine_log}
+    counts = rows_by_source(training_rows(store.rows(), kept))
+    used = {source: counts.get(source, 0) for source in TRAINING_SOURCES}
     # The old checkpoint's fidelity must not outlive it: `run` would take it as this one's.
     (run_dir / FIDELITY).unlink(missing_ok=True)
     path = save_checkpoint(
@@ -117,7 +119,7 @@ def train(
             "refine_rounds": spec_in.refine_rounds,
             "refine_targets": spec_in.refine_targets,
             "refine_evaluations": len(refine_log),
-            **{f"rows_{source}": used.get(source, 0) for source in TRAINING_SOURCES},
+            **{f"rows_{source}": count for source, count in used.items()},
         },
         model_id(exp),
         layers,
