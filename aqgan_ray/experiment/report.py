@@ -303,8 +303,8 @@ def fidelity_lines(fidelity: pd.DataFrame) -> list[str]:
         return f"{values.mean():.2f}" + ("" if pd.isna(std) else f" ± {std:.2f}") + " points"
 
     return [
-        f"Verify once, checkpoint only (the paper's flow): {len(fidelity)} proposals over "
-        f"{fidelity.groupby('seed')['target_acc'].nunique().iloc[0]} targets per seed, "
+        f"Verify once, checkpoint only (the paper's flow): {len(fidelity) // n_seeds} proposals "
+        f"over {fidelity.groupby('seed')['target_acc'].nunique().iloc[0]} targets per seed, "
         f"{n_seeds} seed(s). Mean |achieved - target| on the validation split "
         f"{figure('val')}; on the test split, scored once after the choice, {figure('test')} "
         f"(largest validation miss {100 * per_seed['max'].max():.2f} points).",

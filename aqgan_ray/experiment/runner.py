@@ -328,7 +328,11 @@ def _notes(exp: Experiment, planned: list[design.Planned]) -> list[str]:
             "design point; HAQ's paper runs 600 episodes."
         )
     if exp.baselines.haq_warmup != 20:
-        notes.append(f"HAQ's warm-up was {exp.baselines.haq_warmup} episodes (the paper: 20).")
+        warmup = exp.baselines.haq_warmup
+        notes.append(
+            f"HAQ's warm-up was {warmup} ({warmup + 1} random episodes, as HAQ's code counts "
+            "them); the paper's is 20."
+        )
     if exp.design.search_hw or exp.design.search_budgets:
         notes.append(
             "HAQ, Optuna and random search ran on a subset of the design points (hardware "
