@@ -93,7 +93,8 @@ def test_cost_with_bits_file_and_table(inproc, smoke, tmp_path):
     # --uniform 4 in HAQ's search space: the first and last layers stay at 8 bits
     uniform = _inproc_ok(inproc("cost", "--experiment", "smoke", "--uniform", "4", "--json"))
     assert out["cost"]["size_bytes"] == uniform["cost"]["size_bytes"]
-    assert 1.5 * uniform["cost"]["bitops"] < out["cost"]["bitops"] < 2 * uniform["cost"]["bitops"]
+    ratio = out["cost"]["bitops"] / uniform["cost"]["bitops"]
+    assert 1.5 < ratio < 2  # W4A8 against W4A4 everywhere but the pinned layers
     bits.write_text(json.dumps({"w_bits": [4] * 53, "a_bits": [8] * 53}))
     code, _, err = inproc("cost", "--experiment", "smoke", "--bits", str(bits), "--json")
     assert code == 2 and "keep_first_last" in err
