@@ -57,7 +57,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--uniform", type=int, metavar="B", help="every layer at B bits")
+    which.add_argument(
+        "--uniform", type=int, metavar="B", help="every layer at B bits (but pinned ones: 8)"
+    )
     which.add_argument(
         "--bits", metavar="JSON", help='{"w_bits": [...], "a_bits": [...]} or a file holding it'
     )
@@ -172,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "baseline",
         help="search one design point with a baseline method, on Ray (resumable); "
-        "--seed seeds the search, not the model",
+        "--seed S seeds the search in S's folder and store (as run --seeds), not the model",
     )
     _common(p)
     _ray_args(p)
@@ -468,8 +470,8 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_baseline(args: argparse.Namespace) -> dict[str, Any]:
     """One baseline on one design point, resumable: run the same command again to continue."""
-    # --seed seeds the search here; the model, splits and store stay the preset's, so searches
-    # with several seeds share one evaluation store.
+    # --seed seeds the search here (in that seed's folder and store, as `run --seeds`); the
+    # model and its splits stay the preset's.
     exp = _experiment(args, seed=False)
     with _session(args, exp) as s:
         found = s.search(args.method, args.hw, args.budget, args.evaluations, args.seed,

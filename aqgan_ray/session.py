@@ -166,10 +166,13 @@ class Session:
         """The experiment repeated with ``seed``: its own store, collection, AQGAN and searches
         in ``seed-<seed>/`` of this results directory (the experiment's own seed: this
         directory itself), on the same base model and the same evaluators."""
+        root = self._parent or self
         if seed == self.experiment.seed:
+            return root
+        if seed == self.seed:
             return self
-        child = copy.copy(self)
-        child.seed, child._parent = seed, self
+        child = copy.copy(root)
+        child.seed, child._parent = seed, root
         child.run_dir = self.results / self.experiment.name / f"seed-{seed}"
         child._service, child._started_ray = None, False
         return child
@@ -337,7 +340,9 @@ class Session:
             prepared, splits = self._prepare()
             store = EvaluationStore(root, evaluation_key(prepared, splits.val_x, splits.val_y))
             self.quarantined = [str(p) for p in store.quarantine_unreadable()]
-            return EvaluationService(store, lambda: parent.service.pool, owns_pool=False)
+            service = parent.service  # the experiment's Ray and evaluators, opened once
+            self.cluster, self.planned_workers = parent.cluster, parent.planned_workers
+            return EvaluationService(store, lambda: service.pool, owns_pool=False)
         make_pool = self._connect()
         prepared, splits = self._prepare()
         store = EvaluationStore(root, evaluation_key(prepared, splits.val_x, splits.val_y))
@@ -426,7 +431,8 @@ class Session:
             "store": str(store.root),
             "quarantined_parts": self.quarantined,
             "val_acc_histogram": histogram(
-                [row["val_acc"] for row in store.rows()], self.prepared.fp_val_acc
+                [row["val_acc"] for row in store.rows() if row["source"] == "collect"],
+                self.prepared.fp_val_acc,
             ),
         }
 
@@ -471,8 +477,9 @@ class Session:
 
     def generator(self, checkpoint_only: bool = False) -> TrainedGenerator:
         """The trained generator of this results directory (``aqgan.pt``). Unless
-        ``checkpoint_only``, its ranker is also told every evaluation stored since training
-        (``train``'s fidelity checks, earlier verifications, searches): milliseconds."""
+        ``checkpoint_only``, its ranker is also told AQGAN's own evaluations stored since
+        training (``train``'s fidelity checks, earlier verifications; never another method's):
+        milliseconds."""
         from aqgan_ray.aqgan.checkpoint import load_checkpoint, model_id
         from aqgan_ray.aqgan.train import CHECKPOINT, verified_fidelity
         from aqgan_ray.aqgan.trained import TrainedGenerator
@@ -551,8 +558,8 @@ class Session:
         batch: int | None = None,
     ) -> SearchOutcome:
         """One baseline search at one design point, resumable: the same call again continues it
-        (a larger ``evaluations`` extends it). ``seed`` seeds the search only: the model and the
-        store stay the experiment's, so searches with several seeds share one store."""
+        (a larger ``evaluations`` extends it). ``seed`` other than this session's searches in
+        that seed's folder with its store (``for_seed``), where ``run --seeds`` continues it."""
         from tqdm import tqdm
 
         from aqgan_ray.experiment.design import Planned, search_dir
@@ -565,6 +572,12 @@ class Session:
         if hw is None or budget is None:
             raise UserError("a baseline searches under a budget: give --hw H --budget METRIC=V")
         seed = self.seed if seed is None else seed
+        if seed != self.seed:  # that seed's folder and store, where `run --seeds` continues it
+            replicate = self.for_seed(seed)
+            try:
+                return replicate.search(method, hw, budget, evaluations, seed, batch)
+            finally:
+                replicate.close()
         evaluations = exp.baselines.evaluations if evaluations is None else evaluations
         if evaluations < 1:
             raise UserError(f"--evaluations must be at least 1, got {evaluations}")

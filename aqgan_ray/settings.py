@@ -141,6 +141,20 @@ _SECTIONS = {
 }
 
 
+def check_seeds(seeds) -> tuple[int, ...]:
+    """The run's seeds (``[design] seeds`` or ``run --seeds``), refused with one line unless
+    distinct non-negative integers."""
+    seeds = tuple(seeds)
+    if not seeds:
+        raise UserError("give at least one seed (--seeds 0,1,2 or [design] seeds)")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise UserError(f"seed {seed!r} is not a non-negative integer")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds {list(seeds)} repeat a seed; give each once")
+    return seeds
+
+
 def preset_names() -> list[str]:
     folder = resources.files("aqgan_ray") / "presets"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
@@ -244,8 +258,7 @@ def _validated(exp: Experiment) -> Experiment:
                 f"design budget {text!r} is for hardware {hw!r}, which design.hw does not list "
                 f"({', '.join(design.hw)})"
             )
-    if len(set(design.seeds)) != len(design.seeds) or any(v < 0 for v in design.seeds):
-        raise UserError(f"design.seeds {list(design.seeds)} must be distinct non-negative integers")
+    check_seeds(design.seeds)
     if exp.train.epochs < 1 or exp.train.batch_size < 1 or exp.eval.batch_size < 1:
         raise UserError("train.epochs, train.batch_size and eval.batch_size must be at least 1")
     return replace(exp, model=model, quant=quant, data=data)

@@ -3,6 +3,7 @@ targets in. Configs pass between the two forms with ``indices_of`` and ``configs
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,13 @@ BAND_FLOOR = 0.15
 # config (a cache hit it is charged for all the same).
 TRAINING_SOURCES = ("collect", "refine")
 EVIDENCE_SOURCES = (*TRAINING_SOURCES, "aqgan")
+
+
+def collected_digest(rows: Sequence[dict]) -> str:
+    """A fingerprint of the collected configs among ``rows``: a checkpoint trained on another
+    collection (a larger one, a re-collected part) is not this store's."""
+    hashes = sorted(row["config_hash"] for row in rows if row["source"] == "collect")
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
 
 
 def rows_by_source(rows: Sequence[dict]) -> dict[str, int]:

@@ -74,14 +74,10 @@ def refined_through(log: Sequence[dict[str, Any]], round_: int) -> set[str]:
 
 
 def training_rows(rows: Sequence[dict[str, Any]], kept: set[str]) -> list[dict[str, Any]]:
-    """Store rows to train on: the collected ones and, of refinement's, those in ``kept``;
-    never another method's (``data.TRAINING_SOURCES``)."""
-    return [
-        r
-        for r in rows
-        if r.get("source") == "collect"
-        or (r.get("source") == "refine" and r["config_hash"] in kept)
-    ]
+    """Store rows to train on: what AQGAN paid for. The collected ones, and the configs of the
+    refinement rounds in ``kept`` (whoever stored them first: refinement asked and was charged
+    for each); never another method's rows otherwise."""
+    return [r for r in rows if r.get("source") == "collect" or r["config_hash"] in kept]
 
 
 def refine(

@@ -27,6 +27,7 @@ from aqgan_ray.aqgan.checkpoint import (
 )
 from aqgan_ray.aqgan.data import (
     TRAINING_SOURCES,
+    collected_digest,
     fidelity_targets,
     rows_by_source,
     training_data,
@@ -102,7 +103,8 @@ def train(
     # not asked for now, which training leaves out, and other methods' rows, never used.
     trained_on = len(model.residual.x)
     kept = {r["config_hash"] for r in refine_log}
-    counts = rows_by_source(training_rows(store.rows(), kept))
+    rows = training_rows(store.rows(), kept)
+    counts = rows_by_source(rows)
     used = {source: counts.get(source, 0) for source in TRAINING_SOURCES}
     # The old checkpoint's fidelity must not outlive it: `run` would take it as this one's.
     (run_dir / FIDELITY).unlink(missing_ok=True)
@@ -120,6 +122,7 @@ def train(
             "refine_targets": spec_in.refine_targets,
             "refine_evaluations": len(refine_log),
             **{f"rows_{source}": count for source, count in used.items()},
+            "collected_digest": collected_digest(rows),
         },
         model_id(exp),
         layers,

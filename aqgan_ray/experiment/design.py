@@ -19,6 +19,7 @@ from aqgan_ray.cost import get_hw_model, parse_budget, within_budget
 from aqgan_ray.errors import UserError
 from aqgan_ray.layers import Layer
 from aqgan_ray.search import DesignPoint, read_identity
+from aqgan_ray.settings import check_seeds
 from baselines import METHODS
 
 
@@ -66,19 +67,6 @@ def budgets_for(design, hw_name: str) -> list[str]:
     parts = [split_budget(str(b)) for b in design.budgets]
     own = [budget for hw, budget in parts if hw == hw_name]
     return own or [budget for hw, budget in parts if hw is None]
-
-
-def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
-    """The run's seeds, refused with one line unless distinct non-negative integers."""
-    seeds = tuple(seeds)
-    if not seeds:
-        raise UserError("give at least one seed (--seeds 0,1,2 or [design] seeds)")
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise UserError(f"seed {seed!r} is not a non-negative integer")
-    if len(set(seeds)) != len(seeds):
-        raise UserError(f"seeds {list(seeds)} repeat a seed; give each once")
-    return seeds
 
 
 def design_points(

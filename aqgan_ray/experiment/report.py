@@ -69,7 +69,9 @@ def summary_table(cost: pd.DataFrame, chance: float | None = None) -> pd.DataFra
     only when it is larger than its spread over seeds (one seed: never)."""
     rows = shared(cost)
     if chance is not None:
-        rows = rows.assign(test_acc=rows["test_acc"].fillna(chance))
+        rows = rows.assign(
+            val_acc=rows["val_acc"].fillna(chance), test_acc=rows["test_acc"].fillna(chance)
+        )
     per_seed = rows.groupby(["method", "seed"], sort=False).agg(
         points=("point", "nunique"),
         evaluations=("evaluations", "mean"),
@@ -140,10 +142,12 @@ def point_table(cost: pd.DataFrame) -> pd.DataFrame:
     """Per design point: each method's evaluations and test accuracy side by side (means over
     seeds)."""
     cost = cost.assign(point=_point_key(cost))
-    evaluations = cost.pivot_table(index="point", columns="method", values="evaluations")
+    evaluations = cost.pivot_table(
+        index="point", columns="method", values="evaluations", dropna=False
+    )
     aqgan = cost[cost["method"] == "aqgan"]
     amortized = aqgan.groupby("point")["amortized_evaluations"].mean()
-    test = cost.pivot_table(index="point", columns="method", values="test_acc")
+    test = cost.pivot_table(index="point", columns="method", values="test_acc", dropna=False)
     out = pd.DataFrame(index=evaluations.index)
     for method in [m for m in METHOD_ORDER if m in evaluations.columns]:
         out[f"{method} evals"] = evaluations[method]
@@ -281,17 +285,14 @@ def load_fidelity(run_dir: Path, summary: dict) -> pd.DataFrame | None:
 def fidelity_lines(fidelity: pd.DataFrame) -> list[str]:
     """The paper's flow (the checkpoint proposes, each proposal verified once): mean |achieved
     - target| on the validation split, and on the test split measured after the choice."""
-    per_seed = fidelity.groupby("seed").apply(
-        lambda f: pd.Series(
-            {
-                "val": (f["achieved_val_acc"] - f["target_acc"]).abs().mean(),
-                "test": (f["achieved_test_acc"] - f["target_acc"]).abs().mean()
-                if "achieved_test_acc" in f
-                else float("nan"),
-                "max": (f["achieved_val_acc"] - f["target_acc"]).abs().max(),
-            }
-        ),
-        include_groups=False,
+    errors = fidelity.assign(
+        val=(fidelity["achieved_val_acc"] - fidelity["target_acc"]).abs(),
+        test=(fidelity["achieved_test_acc"] - fidelity["target_acc"]).abs()
+        if "achieved_test_acc" in fidelity
+        else float("nan"),
+    )
+    per_seed = errors.groupby("seed").agg(
+        val=("val", "mean"), test=("test", "mean"), max=("val", "max")
     )
     n_seeds = len(per_seed)
 

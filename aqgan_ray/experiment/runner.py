@@ -26,7 +26,7 @@ from aqgan_ray.atomic import write_json
 from aqgan_ray.errors import UserError
 from aqgan_ray.experiment import design, ledger, report
 from aqgan_ray.session import Session
-from aqgan_ray.settings import as_dict
+from aqgan_ray.settings import as_dict, check_seeds
 from aqgan_ray.store import read_frame, write_table
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def run(
     (``Session.for_seed``). ``resume=True`` insists that there is a run to finish; ``session``
     takes ``Session``'s options (``pool``, ``address``, ``workers``, ...)."""
     exp = experiment
-    seeds = design.check_seeds(exp.design.seeds if seeds is None else seeds)
+    seeds = check_seeds(exp.design.seeds if seeds is None else seeds)
     run_dir = Path(results) / exp.name
     manifest = run_dir / "experiment.json"
     try:  # as it reads back from experiment.json
@@ -161,6 +161,7 @@ def _aqgan_stage(s: Session) -> tuple[Loaded, dict[str, Any]]:
     """The trained AQGAN of this store, training it only if there is none (or it was trained on
     another setup), and verifying its fidelity if that had not finished."""
     from aqgan_ray.aqgan.checkpoint import load_checkpoint, model_id
+    from aqgan_ray.aqgan.data import collected_digest
     from aqgan_ray.aqgan.train import CHECKPOINT, FIDELITY, verify_fidelity
 
     exp, store = s.experiment, s.service.store
@@ -169,12 +170,12 @@ def _aqgan_stage(s: Session) -> tuple[Loaded, dict[str, Any]]:
     trained: dict[str, Any] = {}
     try:
         loaded = load_checkpoint(path, names, choices, model_id(exp))
-        collected = sum(1 for row in store.rows() if row["source"] == "collect")
         current = (
             loaded.eval_key == store.eval_key
             and "train_s" in loaded.metrics
             and loaded.metrics.get("refine_rounds", 0) >= exp.aqgan.refine_rounds
-            and loaded.metrics.get("rows_collect") == collected  # not a smaller collection's
+            # trained on this collection, not a smaller or re-collected one
+            and loaded.metrics.get("collected_digest") == collected_digest(store.rows())
         )
     except UserError:
         current = False

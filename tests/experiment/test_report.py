@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from aqgan_ray.errors import UserError
-from aqgan_ray.experiment.design import check_seeds
 from aqgan_ray.experiment.report import readable_summary, shared, summary_table
+from aqgan_ray.settings import check_seeds
 
 
 def _row(method: str, budget: float, seed: int, test_acc: float) -> dict:
