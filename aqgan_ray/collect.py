@@ -1,4 +1,5 @@
-"""``collect``: grow the store's collected rows to N distinct configs, the data AQGAN trains on.
+"""``collect``: grow the store's collected rows to N distinct configs, the data AQGAN trains on:
+the uniform configs first (``uniform_configs``), then the collection sampler's draws.
 
 Idempotent by construction: the target is a number of collected rows (``source`` = collect),
 not of new evaluations, and the sampler is told every collected row first, so running it again
@@ -61,6 +62,18 @@ def sampler_seed(experiment_seed: int, stored: int) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def uniform_configs(
+    layer_names: tuple[str, ...], bit_choices: tuple[int, ...], keep_first_last: bool = False
+) -> list[QuantConfig]:
+    """Every weight and activation at one bitwidth, one config per choice, widest first (the
+    first and last layers at 8 bits under ``keep_first_last``)."""
+    n = len(layer_names)
+    configs = [QuantConfig(tuple(layer_names), (b,) * n, (b,) * n)
+               for b in sorted(bit_choices, reverse=True)]  # fmt: skip
+    configs = [c.pinned() for c in configs] if keep_first_last else configs
+    return list({c.hash: c for c in configs}.values())
+
+
 def collect(
     service: EvaluationService,
     layer_names: tuple[str, ...],
@@ -92,9 +105,22 @@ def collect(
     need = max(0, samples - len(collected))
     labels: dict[str, str] = {}  # hash -> how it was drawn, for this call's rows
 
+    # the uniform configs first, widest first: anchors at both ends of the accuracy range, and
+    # AQGAN's floor at every budget (``aqgan.hw_tune``); one another method stored is skipped
+    anchors = [
+        config
+        for config in uniform_configs(layer_names, bit_choices, keep_first_last)
+        if config.hash not in collected and config.hash not in store
+    ]
+
     def draw_round() -> list[QuantConfig]:
         """The next round, all drawn before any of its results is in."""
         stored = len(collected)
+        if anchors:
+            batch = anchors[: samples - stored]
+            labels.update((config.hash, "uniform") for config in batch)
+            anchors.clear()
+            return batch
         sampler.reseed(sampler_seed(seed, stored))
         size = min(spec.round_size - stored % spec.round_size, samples - stored)
         batch: list[QuantConfig] = []

@@ -71,6 +71,25 @@ class DesignPoint:
     def fits(self, config: QuantConfig) -> bool:
         return bool(within_budget(np.array([self.cost(config)]), self.budget)[0])
 
+    def best_fitting(self, rows: Sequence[dict[str, Any]]) -> tuple[QuantConfig, float] | None:
+        """The most accurate of evaluated ``rows`` (``w_bits``, ``a_bits``, ``val_acc``,
+        ``config_hash``) that fits, with its accuracy; ties go to the smallest hash, so the
+        rows' order does not matter. None when none fits."""
+        if not rows:
+            return None
+        rows = sorted(rows, key=lambda r: r["config_hash"])
+        fits = within_budget(
+            self.costs(
+                np.array([r["w_bits"] for r in rows]), np.array([r["a_bits"] for r in rows])
+            ),
+            self.budget,
+        )
+        if not fits.any():
+            return None
+        acc = np.array([float(r["val_acc"]) for r in rows])
+        best = int(np.flatnonzero(fits)[np.argmax(acc[fits])])
+        return self.config(rows[best]["w_bits"], rows[best]["a_bits"]), float(acc[best])
+
     def config(self, w_bits: Sequence[int], a_bits: Sequence[int]) -> QuantConfig:
         config = QuantConfig(self.layer_names, tuple(w_bits), tuple(a_bits))
         return config.pinned() if self.keep_first_last else config
@@ -127,6 +146,11 @@ class Proposer(ABC):
     def summary(self) -> dict[str, Any]:
         """Method-specific figures for the report (episodes run, trials, ...)."""
         return {}
+
+    def origin(self, config: QuantConfig) -> str:
+        """Where a config this method asked for came from (AQGAN: generator, store, bred, ...)."""
+        del config
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -193,6 +217,7 @@ def run_search(
                 "eval_s": outcome.eval_s,
                 "elapsed_s": elapsed,
                 "best_so_far_val_acc": best,
+                "origin": proposer.origin(config),
             }
             trace.append(row)
             if on_result is not None:

@@ -5,7 +5,6 @@ evaluation, milliseconds per design point.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
@@ -21,7 +20,6 @@ from aqgan_ray.config import QuantConfig
 from aqgan_ray.cost import Budget, CostModel, within_budget
 from aqgan_ray.errors import UserError
 from aqgan_ray.layers import Layer
-from aqgan_ray.search import DesignPoint, Proposer
 
 # Targets tried from high to low when only a budget is given.
 SWEEP_STEPS = 24
@@ -287,41 +285,3 @@ def _proposals(loaded, idx, pred, std, cost, fits, order, target_acc) -> list[Pr
         )
         for config, i in zip(configs, order, strict=True)
     ]
-
-
-class AqganSearch(Proposer):
-    """AQGAN at one design point, as a search method like the others: one ask returns the
-    ``top`` most accurate proposals that fit the budget (``best_under_budget``, the paper's
-    HW-tuning flow, milliseconds), and verifying them is the design point's whole search cost.
-    The trained generator is the one-time cost, accounted separately."""
-
-    name = "aqgan"
-
-    def __init__(self, loaded: Loaded, point: DesignPoint, seed: int, samples: int, top: int):
-        self.loaded, self.point = loaded, point
-        self.seed, self.samples, self.top = seed, samples, top
-        self.asked = False
-        self.generate_s = 0.0
-
-    def ask(self, n: int) -> list[QuantConfig]:
-        if self.asked:
-            return []
-        start = time.perf_counter()
-        point = self.point
-        query = Query(None, point.hw, point.budget, self.samples, self.top, self.seed)
-        proposals = best_under_budget(self.loaded, point.layers, query)
-        self.generate_s = time.perf_counter() - start
-        self.asked = True
-        return [p.config for p in proposals[:n]]
-
-    def tell(self, configs: Sequence[QuantConfig], val_accs: Sequence[float]) -> None:
-        """The generator is not retrained per design point: nothing to learn here."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"asked": self.asked, "generate_s": self.generate_s}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.asked, self.generate_s = state["asked"], state["generate_s"]
-
-    def summary(self) -> dict[str, Any]:
-        return {"generate_s": self.generate_s, "verified": self.top}

@@ -101,7 +101,7 @@ def cost_rows(
         evaluations = len(trace)
         eval_cpu_s = float(sum(r["eval_s"] for r in trace))
         wall_s = float(trace[-1]["elapsed_s"]) if trace else 0.0
-        share = (1.0 / served) if method == "aqgan" and served else 0.0
+        share = (1.0 / served) if METHODS[method].one_time and served else 0.0
         target = aqgan_pick.get(planned)
         budget = planned.point.budget
         rows.append(
@@ -122,7 +122,7 @@ def cost_rows(
                 "amortized_wall_s": wall_s + share * (one_time.train_s + one_time.eval_cpu_s),
                 "evaluations_to_match": (
                     math.nan
-                    if method == "aqgan" or target is None
+                    if METHODS[method].one_time or target is None
                     else evaluations_to_match(trace, target)
                 ),
                 "config_hash": None if best is None else best["config_hash"],
@@ -132,6 +132,8 @@ def cost_rows(
                 "test_acc": math.nan if best is None else test_acc[best["config_hash"]],
                 "cost_value": math.nan if best is None else best["cost"],
                 "within_budget": best is not None and bool(best["within_budget"]),
+                # where the chosen config came from (a trace from before origins: the method)
+                "origin": None if best is None else best.get("origin", method),
             }
         )
     return rows

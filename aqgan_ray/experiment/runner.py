@@ -29,6 +29,10 @@ from aqgan_ray.session import Session
 from aqgan_ray.settings import as_dict, check_seeds
 from aqgan_ray.store import read_frame, write_table
 
+# The version of AQGAN's per-point selection (``aqgan.hw_tune``): a search checkpointed by
+# another is run again, not continued.
+TUNING = 2
+
 if TYPE_CHECKING:
     from aqgan_ray.aqgan.checkpoint import Loaded
     from aqgan_ray.search import SearchResult
@@ -193,12 +197,16 @@ def _search_stage(
     s: Session, planned: list[design.Planned], loaded: Loaded
 ) -> dict[tuple[str, design.Planned], SearchResult]:
     """Every method on every design point it runs on; each search resumes from its checkpoint."""
-    from aqgan_ray.aqgan.train import CHECKPOINT
+    from aqgan_ray.aqgan.refine import training_rows
+    from aqgan_ray.aqgan.train import CHECKPOINT, refine_log
     from aqgan_ray.search import run_search
     from baselines import METHODS, SearchSetup
 
     exp, service = s.experiment, s.service
     digest = design.file_digest(s.run_dir / CHECKPOINT)
+    # what AQGAN paid for: its candidates and floor (hw_tune), and store-best's whole choice
+    kept = {row["config_hash"] for row in refine_log(s.run_dir, loaded.eval_key)}
+    stored = tuple(training_rows(service.store.rows(), kept))
     jobs = [
         (method, p)
         for method in METHODS.values()
@@ -208,14 +216,15 @@ def _search_stage(
     results = {}
     for method, p in tqdm(jobs, desc="searches", unit="search", disable=not s.progress):
         folder = design.search_dir(s.run_dir, method.name, p)
-        if method.name == "aqgan":
+        if method.one_time:  # built from this checkpoint's training rows: redone with them
             ident = design.identity(method.name, p, service.store.eval_key,
-                                    {"checkpoint": digest})  # fmt: skip
+                                    {"checkpoint": digest, "tuning": TUNING})  # fmt: skip
             design.discard_stale(folder, ident)
         else:
             ident = design.identity(method.name, p, service.store.eval_key)
         batch = method.batch(exp, s.planned_workers)
-        setup = SearchSetup(p.point, p.seed, folder, s.prepared.fp_val_acc, batch, exp, loaded)
+        setup = SearchSetup(p.point, p.seed, folder, s.prepared.fp_val_acc, batch, exp, loaded,
+                            stored)  # fmt: skip
         results[(method.name, p)] = run_search(
             method.build(setup), service, p.point, method.evaluations(exp), folder, ident, batch
         )
