@@ -246,3 +246,66 @@ def run_bench(session, name: str, repeats: int = 5, configs: int = 24) -> dict[s
         loaded = session.generator(checkpoint_only=True).loaded
         return bench_generate(loaded, session.prepared, session.splits, repeats=repeats)
     return bench_eval(session.prepared, session.splits, repeats=repeats)
+
+
+# AQGAN's hardware tuning and the variants it was measured against (``bench tuning``).
+TUNING_VARIANTS = {
+    "tuned": {},  # what `run` uses
+    "no-generator": {"sources": ("store", "bred")},
+    "generator-only": {"sources": ("generator",)},
+    "no-projection": {"project": False},
+    "mean-estimate": {"kappa": 0.0},
+    "kappa-2": {"kappa": 2.0},
+}
+
+
+def bench_tuning(session) -> list[dict[str, Any]]:
+    """At every design point of the session's experiment, on its trained checkpoint and store:
+    the best uniform config that fits, store-best, the paper's flow (the ``verify_top`` most
+    accurate proposals that fit, verified) and every ``TUNING_VARIANTS`` entry, each with its
+    validation accuracy, evaluations and where its choice came from. Evaluations go through the
+    store as source ``bench`` (nobody's evidence; shared by the variants as cache hits)."""
+    from aqgan_ray.aqgan.generate import Query, best_under_budget
+    from aqgan_ray.aqgan.hw_tune import TunedAqgan, TuneSpec
+    from aqgan_ray.collect import uniform_configs
+    from aqgan_ray.experiment import design
+
+    exp = session.experiment
+    loaded = session.generator(checkpoint_only=True).loaded
+    stored = session.training_rows(loaded.eval_key)
+    service, layers = session.service, session.layers
+    top, samples = exp.aqgan.verify_top, exp.aqgan.proposals
+
+    def measure(configs: list[QuantConfig]) -> list[float]:
+        return [o.val_acc for o in service.evaluate(configs, source="bench")] if configs else []
+
+    rows = []
+    for planned in design.design_points(exp, layers, [session.seed]):
+        point = planned.point
+        budget = point.budget
+        where = {"hw": planned.hw_name, "metric": budget.metric, "budget": budget.value,
+                 "budget_fraction": budget.relative}  # fmt: skip
+
+        def row(method: str, accs: list[float], origin: str, tune_s: float = 0.0, at=where):
+            best = max(accs, default=float("nan"))
+            rows.append({**at, "method": method, "val_acc": best, "evaluations": len(accs),
+                         "origin": origin, "tune_s": tune_s})  # fmt: skip
+
+        fitting = [c for c in uniform_configs(point.layer_names, point.bit_choices,
+                                              point.keep_first_last) if point.fits(c)]  # fmt: skip
+        row("uniform", measure(fitting), "uniform")
+        floor = point.best_fitting(stored)
+        row("store", [] if floor is None else [floor[1]], "store")
+        query = Query(None, point.hw, point.budget, samples, top, session.seed)
+        start = time.perf_counter()
+        paper = [p.config for p in best_under_budget(loaded, layers, query)]
+        row("paper", measure(paper), "generator", time.perf_counter() - start)
+        for name, changes in TUNING_VARIANTS.items():
+            tuner = TunedAqgan(loaded, point, session.seed, samples, top, stored,
+                               TuneSpec(**changes))  # fmt: skip
+            accs: list[float] = []
+            while configs := tuner.ask(1):
+                accs += measure(configs)
+                tuner.tell(configs, accs[-1:])
+            row(name, accs, "/".join(o for _, o in tuner.asked), tuner.tune_s)
+    return rows

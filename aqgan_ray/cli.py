@@ -220,10 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     _ray_args(p)
     p.add_argument(
         "name",
-        choices=["eval", "scaling", "generate", "costs"],
+        choices=["eval", "scaling", "generate", "costs", "tuning"],
         help="eval: quantized vs FP32 forward; scaling: 1 vs 2 actors, Ray vs in-process; "
         "generate: 1000 proposals vs one evaluation; costs: a cost model against a simulator's "
-        "table keyed by layer shape",
+        "table keyed by layer shape; tuning: AQGAN's hardware tuning against its variants, the "
+        "paper's flow, store-best and uniform at every design point of a trained run",
     )
     p.add_argument(
         "--table",
@@ -453,9 +454,10 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
             )
             miss = row["expected_miss"]
             near = "" if miss is None else f" (misses near it: {miss:.3f})"
+            tuned = "" if row["target_acc"] is not None else f"  [{row['origin']}]"
             print(
-                f"{row['config_hash']}  predicted {row['predicted_acc']:.4f}{near}{achieved}  "
-                f"w {row['w_bits']}  a {row['a_bits']}"
+                f"{row['config_hash']}  predicted {row['predicted_acc']:.4f}{near}{achieved}"
+                f"{tuned}  w {row['w_bits']}  a {row['a_bits']}"
             )
         told = f", ranked with {gen.evidence} evaluations stored since training"
         print(
@@ -553,6 +555,8 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.name == "costs":
         return _bench_costs(args)
+    if args.name == "tuning":
+        return _bench_tuning(args)
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
     if args.configs < 2:
@@ -568,6 +572,25 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
         for key, value in figures.items():
             print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
     return figures
+
+
+def _bench_tuning(args: argparse.Namespace) -> dict[str, Any]:
+    import pandas as pd
+
+    from aqgan_ray.bench import bench_tuning
+
+    with _session(args, _experiment(args)) as s:
+        rows = pd.DataFrame(bench_tuning(s))
+    if args.output:
+        from aqgan_ray.store import write_table
+
+        write_table(rows.to_dict("records"), Path(args.output))
+    if not args.json:
+        point = rows["hw"] + " " + rows["metric"] + "<=" + rows["budget"].map("{:.4g}".format)
+        table = rows.assign(point=point).pivot(index="point", columns="method", values="val_acc")
+        print(table[list(dict.fromkeys(rows["method"]))].to_string(float_format="{:.4f}".format))
+        print(rows.groupby("method", sort=False)[["val_acc", "evaluations", "tune_s"]].mean())
+    return {"rows": json.loads(rows.to_json(orient="records"))}
 
 
 def _bench_costs(args: argparse.Namespace) -> dict[str, Any]:

@@ -472,8 +472,9 @@ class Session:
                             self.run_dir, self.progress, self.seed, self.test_accuracy)  # fmt: skip
         fidelity = tuple((r["target_acc"], r["achieved_val_acc"]) for r in out["fidelity"])
         path = Path(out["checkpoint"])
+        stored = self.training_rows(loaded.eval_key, self.service.store.rows())
         return TrainedGenerator(loaded, tuple(self.layers), self.seed, fidelity, path,
-                                training=out)  # fmt: skip
+                                training=out, stored=stored)  # fmt: skip
 
     def generator(self, checkpoint_only: bool = False) -> TrainedGenerator:
         """The trained generator of this results directory (``aqgan.pt``). Unless
@@ -492,8 +493,23 @@ class Session:
         if checkpoint_only:
             return gen
         start = time.perf_counter()
-        gen = gen.with_store_rows(self.stored_rows())
-        return replace(gen, evidence_s=time.perf_counter() - start)
+        rows = self.stored_rows()
+        gen = gen.with_store_rows(rows)
+        stored = self.training_rows(loaded.eval_key, rows)
+        return replace(gen, evidence_s=time.perf_counter() - start, stored=stored)
+
+    def training_rows(
+        self, eval_key: str, rows: Sequence[dict[str, Any]] | None = None
+    ) -> tuple[dict, ...]:
+        """What AQGAN paid for and trained on, of the setup ``eval_key``, among ``rows``
+        (default: the store's): its collection and refinement, the candidates and floor of its
+        hardware tuning."""
+        from aqgan_ray.aqgan.refine import training_rows
+        from aqgan_ray.aqgan.train import refine_log
+
+        rows = self.stored_rows() if rows is None else rows
+        kept = {r["config_hash"] for r in refine_log(self.run_dir, eval_key)}
+        return tuple(r for r in training_rows(rows, kept) if r.get("eval_key") == eval_key)
 
     def verify(
         self,
@@ -512,7 +528,9 @@ class Session:
         """Evaluate the generator's proposals for real, charged to AQGAN. For a target: while the
         ``top`` verified configs nearest it are not all within ``tolerance``, tell the ranker and
         verify ``top`` more, up to ``rounds`` rounds (1: the paper's verify-once flow). For a
-        budget alone: the most accurate proposals that fit, verified once. ``query``
+        budget alone: hardware tuning, ``top`` verifications at most, as AQGAN at a design point
+        of ``run`` (a generator without training rows, ``checkpoint_only``: the most accurate
+        proposals that fit, verified once). ``query``
         (``generator.query(...)``) replaces the arguments that describe it."""
         from aqgan_ray.aqgan.generate import Verified, best_under_budget, verify_until_close
 
@@ -533,7 +551,9 @@ class Session:
             outcomes = service.evaluate(configs, source="aqgan")
             return [(o.val_acc, o.cached) for o in outcomes]
 
-        if query.target_acc is None:  # the most accurate that fit: verified once
+        if query.target_acc is None and generator.stored:  # hardware tuning, as in `run`
+            return self._verify_tuned(generator, query, evaluate)
+        if query.target_acc is None:  # the paper's flow: the most accurate that fit, verified
             proposals = best_under_budget(generator.loaded, generator.layers, query)
             measured = evaluate([p.config for p in proposals]) if proposals else []
             pairs = zip(proposals, measured, strict=True)
@@ -542,6 +562,23 @@ class Session:
         returned, every = verify_until_close(
             generator.loaded, generator.layers, query, evaluate, rounds, tolerance
         )
+        return Verification(returned, every, self._test_of(returned))
+
+    def _verify_tuned(self, generator: TrainedGenerator, query: Query, evaluate) -> Verification:
+        """Hardware tuning verified one config at a time, ``query.top`` at most (as AQGAN at a
+        design point of ``run``); the most accurate returned first."""
+        from aqgan_ray.aqgan.generate import Proposal, Verified
+
+        tuner = generator.tuner(query)
+        every: list[Verified] = []
+        while configs := tuner.ask(1):
+            ((acc, cached),) = evaluate(configs)
+            tuner.tell(configs, [acc])
+            config, origin = tuner.asked[-1]
+            proposal = Proposal(config, None, tuner.estimates[-1], 0.0,
+                                tuner.point.cost(config), True, origin)  # fmt: skip
+            every.append(Verified(proposal, acc, cached, len(every) + 1))
+        returned = sorted(every, key=lambda v: -v.val_acc)
         return Verification(returned, every, self._test_of(returned))
 
     def _test_of(self, verified: Sequence[Verified]) -> dict[str, float]:

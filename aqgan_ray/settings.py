@@ -88,8 +88,8 @@ class AqganSpec:
     tune_samples: int = 0  # Ray Tune + Optuna trials over the GAN's hyperparameters (0: none)
     fidelity_targets: int = 5  # targets over the store's range verified after training
     fidelity_top: int = 3  # proposals verified per fidelity target
-    verify_top: int = 3  # proposals verified per design point: AQGAN's marginal search cost
-    proposals: int = 1000  # proposals sampled per target when selecting under a budget
+    verify_top: int = 3  # configs verified per design point at most: AQGAN's marginal search cost
+    proposals: int = 1000  # samples per target when selecting or tuning under a budget
     # Active refinement after training (``refine.py``): rounds of one verified proposal per
     # target over this many targets, each followed by more training. 0: none.
     refine_rounds: int = 0
@@ -108,7 +108,8 @@ class DesignSpec:
     budgets: tuple[str, ...] = ("energy_mj=0.3x", "energy_mj=0.4x", "energy_mj=0.5x")
     seeds: tuple[int, ...] = (0,)
     # HAQ, Optuna and random search spend `baselines.evaluations` per point; where time is short
-    # they run only on these hardware models and budgets (empty: all). AQGAN and uniform: all.
+    # they run only on these hardware models and budgets (empty: all). AQGAN, store-best and
+    # uniform: all.
     search_hw: tuple[str, ...] = ()
     search_budgets: tuple[str, ...] = ()
 

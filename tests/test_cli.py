@@ -279,7 +279,7 @@ def checkpointed(collected, smoke, tmp_path_factory):
     return results
 
 
-def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
+def test_train_then_generate_and_verify(inproc, collected, ray_cluster, tiny_preset):
     """`train` on 40 real evaluations, then proposals for a target and under a budget, and
     their verification through the evaluator actors (in this process, connected to the
     loopback cluster, to save five Python start-ups)."""
@@ -327,6 +327,10 @@ def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
     limit = budgeted["budget"]["value"]
     assert budgeted["proposals"] and all(p["within_budget"] for p in budgeted["proposals"])
     assert all(p["cost"]["bismo-edge"]["latency_ms"] <= limit for p in budgeted["proposals"])
+    # a budget alone is hardware tuning (aqgan.hw_tune): tuned candidates and the floor
+    assert {p["origin"].split("+")[0] for p in budgeted["proposals"]} <= {"generator", "store",
+                                                                          "bred"}  # fmt: skip
+    assert all(p["target_acc"] is None for p in budgeted["proposals"])
 
     once = ("--target-acc", f"{target:.3f}", "--top", "2", "--verify", "--verify-rounds", "1")
     verified = _inproc_ok(inproc("generate", *base, *once, "--json"))
@@ -338,6 +342,16 @@ def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
     assert again["store_evidence"] == out["store_evidence"] + fresh
     alone = ("--target-acc", "0.5", "--top", "1", "--checkpoint-only", "--json")
     assert _inproc_ok(inproc("generate", *base[:4], *alone))["store_evidence"] == 0
+    # verified, hardware tuning spends at most --top, one at a time, most accurate first
+    tuned = ("--hw", "bismo-edge", "--budget", "latency_ms=0.5x", "--top", "2", "--verify")
+    checked = _inproc_ok(inproc("generate", *base, *tuned, "--json"))
+    assert 1 <= checked["verify_evaluations"] <= 2
+    accs = [p["val_acc"] for p in checked["proposals"]]
+    assert accs == sorted(accs, reverse=True) and all(
+        p["within_budget"] for p in checked["proposals"]
+    )
+    floor = [p for p in budgeted["proposals"] if p["origin"] == "store"]
+    assert not floor or accs[0] >= floor[0]["predicted_acc"]  # never below the best stored
 
     # Tolerance 0 is never met: every round runs, each verifies 2 configs not verified before,
     # and the 2 nearest the target of all 6 are returned.
@@ -361,6 +375,15 @@ def test_train_then_generate_and_verify(inproc, collected, ray_cluster):
     assert again["refine_evaluations"] == 0 and again["refine"] == []
     assert again["store_configs"] == (store["source"] == "collect").sum() == 40
     assert again["rows_by_source"] == {"collect": 40, "refine": 0}
+
+    # `bench tuning` on the tiny preset's two points: every variant against uniform, store-best
+    # and the paper's flow; hardware tuning never below store-best, within verify_top (1)
+    where = ("--config", tiny_preset, "--results", str(collected))
+    bench = _inproc_ok(inproc("bench", "tuning", *where, *base[4:], "--json"))
+    rows = pd.DataFrame(bench["rows"])
+    assert len(rows) == 2 * 9 and rows["evaluations"].le(1).all()
+    picks = rows.pivot(index="budget", columns="method", values="val_acc")
+    assert (picks["tuned"] >= picks["store"]).all() and (picks["store"] >= picks["uniform"]).all()
 
 
 @pytest.mark.parametrize(
@@ -474,7 +497,8 @@ def test_run_end_to_end_then_resume_reproduces_the_tables(
     out = _inproc_ok(inproc(*args))
     run_dir = results / "smoke"
     cost = pd.read_parquet(out["search_cost"])
-    assert sorted(set(cost["method"])) == ["aqgan", "haq", "optuna", "random", "uniform"]
+    methods = ["aqgan", "haq", "optuna", "random", "store", "uniform"]
+    assert sorted(set(cost["method"])) == methods
     assert sorted(set(cost["seed"])) == [0, 1]
     assert cost["within_budget"].all() and cost["test_acc"].between(0, 1).all()
     # HAQ's search space for every method: first layer W8 (image unquantized), last W8/A8
@@ -490,10 +514,17 @@ def test_run_end_to_end_then_resume_reproduces_the_tables(
     assert one_time["collect_evaluations"] == 40
     assert one_time["refine_evaluations"] == len(pd.read_parquet(run_dir / "refine.parquet")) == 2
     assert one_time["evaluations"] == 40 + 2 + one_time["fidelity_evaluations"]
-    aqgan = one_seed[one_seed["method"] == "aqgan"]
-    assert (
-        aqgan["amortized_evaluations"] == aqgan["evaluations"] + one_time["evaluations"] / 2
-    ).all()
+    for method in ("aqgan", "store"):  # store-best shares AQGAN's one-time cost
+        rows = one_seed[one_seed["method"] == method]
+        share = one_time["evaluations"] / 2
+        assert (rows["amortized_evaluations"] == rows["evaluations"] + share).all()
+    # hardware tuning: never below the best training row within budget, at most verify_top
+    picks = cost.pivot_table(index=["seed", "hw", "budget"], columns="method", values="val_acc")
+    assert (picks["aqgan"] >= picks["store"]).all()
+    aqgan = cost[cost["method"] == "aqgan"]
+    assert aqgan["evaluations"].between(1, 2).all()
+    assert aqgan["origin"].str.split("+").str[0].isin(["generator", "store", "bred"]).all()
+    assert (cost[cost["method"] == "haq"]["origin"] == "haq").all()
     seed1 = run_dir / "seed-1"
     stored1 = pd.read_parquet(seed1 / "evaluations")
     assert set(stored1["source"]) >= {"collect", "aqgan"} and "random" in set(stored1["source"])
@@ -508,6 +539,7 @@ def test_run_end_to_end_then_resume_reproduces_the_tables(
         assert (run_dir / name).is_file(), name
     text = (run_dir / "report.md").read_text()
     assert "## Cost to match AQGAN" in text and "on the test split" in text
+    assert "## AQGAN's hardware tuning against uniform quantization and its own store" in text
     assert "every method ran on" in text and "± " in text
 
     stores = [pd.read_parquet(folder / "evaluations") for folder in (run_dir, seed1)]
@@ -525,7 +557,7 @@ def test_run_end_to_end_then_resume_reproduces_the_tables(
     assert code == 0 and json.loads(stdout)["report"] == str(run_dir / "report.md")
     code, stdout, _ = inproc("compare", str(run_dir), str(run_dir), "--json")
     rows = json.loads(stdout)["rows"]
-    assert code == 0 and len(rows) == 10 and {r["method"] for r in rows} >= {"aqgan", "haq"}
+    assert code == 0 and len(rows) == 12 and {r["method"] for r in rows} >= {"aqgan", "haq"}
 
 
 def test_run_bad_input(main_error, tmp_path):

@@ -10,7 +10,7 @@ import signal
 import pyarrow.parquet as pq
 import pytest
 
-from aqgan_ray.collect import collect
+from aqgan_ray.collect import collect, uniform_configs
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.evaluate import evaluation_key
 from aqgan_ray.pools.ray_actors import EvaluatorPool, PoolSpec
@@ -65,7 +65,14 @@ def test_collect_grows_to_n_then_does_nothing(tmp_path, smoke, actors):
     assert len(raw) == len(set(raw)) == 8
     rows = _store(tmp_path, smoke).rows()
     assert {r["source"] for r in rows} == {"collect"}
-    assert {r["sampler"] for r in rows} <= {"level-jitter", "random", "stratified"}
+    assert {r["sampler"] for r in rows} <= {"uniform", "level-jitter", "random", "stratified"}
+    # the uniform configs first: AQGAN's floor at every budget (aqgan.hw_tune)
+    exp, prepared, _ = smoke
+    anchors = uniform_configs(prepared.layer_names, exp.quant.bit_choices, True)
+    assert len(anchors) == len(exp.quant.bit_choices)
+    assert {c.hash for c in anchors} == {
+        r["config_hash"] for r in rows if r["sampler"] == "uniform"
+    }
     assert all(0.0 <= r["val_acc"] <= 1.0 and r["eval_s"] > 0 for r in rows)
     again = _collect(EvaluationService(_store(tmp_path, smoke), actors), smoke, 8)
     assert again.evaluated_now == 0 and again.total == 8

@@ -51,11 +51,12 @@ class Query:
 @dataclass(frozen=True)
 class Proposal:
     config: QuantConfig
-    target_acc: float
-    predicted_acc: float
+    target_acc: float | None  # None: tuned to a budget (``hw_tune``), no target
+    predicted_acc: float  # tuned: the pessimistic estimate, or a stored config's measured
     predicted_std: float  # the ranker's posterior std (the residual GP's)
     cost: float | None  # the budget metric on the chosen hardware model
     within_budget: bool
+    origin: str = "generator"  # tuned: generator, store, bred (+tuned) as in ``hw_tune``
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +66,7 @@ class Proposal:
             "predicted_acc": self.predicted_acc,
             "predicted_std": self.predicted_std,
             "within_budget": self.within_budget,
+            "origin": self.origin,
         }
 
 

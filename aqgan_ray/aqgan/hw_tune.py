@@ -55,6 +55,7 @@ class TuneSpec:
     mutate_prob: float = 0.1
     sources: tuple[str, ...] = ("generator", "store", "bred")
     project: bool = True  # False: candidates over budget are dropped (the paper's filter)
+    kappa: float = 1.0  # posterior stds taken off the ranker's capped mean (``Ranker.predict``)
 
 
 def free_layers(loaded: Loaded) -> np.ndarray:
@@ -271,6 +272,7 @@ class TunedAqgan(Proposer):
         # the floor: the most accurate training row that fits (measured already)
         self.incumbent = point.best_fitting(stored)
         self.asked: list[tuple[QuantConfig, str]] = []
+        self.estimates: list[float] = []  # each asked config's estimate (the floor: measured)
         self.measured: list[float] = []
         self.done = False
         self.tune_s = 0.0
@@ -283,11 +285,11 @@ class TunedAqgan(Proposer):
     def _ranked(self) -> tuple[Candidates, np.ndarray]:
         start = time.perf_counter()
         if self._pool is None:
-            ranker = Ranker(self.base, self.point)
+            ranker = Ranker(self.base, self.point, self.spec.kappa)
             self._pool = candidates(ranker, self.stored_idx, self.stored_acc, self.seed,
                                     self.samples, self.spec)  # fmt: skip
         if self._pred is None:
-            self._pred = Ranker(self.loaded, self.point).predict(self._pool.idx)
+            self._pred = Ranker(self.loaded, self.point, self.spec.kappa).predict(self._pool.idx)
         self.tune_s += time.perf_counter() - start
         return self._pool, self._pred
 
@@ -311,10 +313,26 @@ class TunedAqgan(Proposer):
             if not owed:
                 return []
             self.asked.append((self.incumbent[0], "store"))
+            self.estimates.append(self.incumbent[1])
             return [self.incumbent[0]]
         config = self._configs(pool.idx[pick : pick + 1])[0]
         self.asked.append((config, pool.origin[pick]))
+        self.estimates.append(float(pred[pick]))
         return [config]
+
+    def shortlist(self, k: int) -> list[tuple[QuantConfig, float, float, str]]:
+        """The ``k`` best, unverified, as (config, estimate, the ranker's std, origin): the tuned
+        candidates at the ranker's estimate and the floor at its measured accuracy (std 0),
+        most accurate first."""
+        pool, pred = self._ranked()
+        order = np.argsort(-pred, kind="stable")[:k]
+        _, std = gan.predict(self.loaded.model, torch.as_tensor(pool.idx[order]),
+                             len(self.loaded.bit_choices))  # fmt: skip
+        rows = [(self._configs(pool.idx[i : i + 1])[0], float(pred[i]), float(sd), pool.origin[i])
+                for i, sd in zip(order, std, strict=True)]  # fmt: skip
+        if self.incumbent is not None:
+            rows.append((self.incumbent[0], self.incumbent[1], 0.0, "store"))
+        return sorted(rows, key=lambda r: -r[1])[:k]
 
     def tell(self, configs: Sequence[QuantConfig], val_accs: Sequence[float]) -> None:
         """The ranker is told (milliseconds) and the candidates ranked again."""
@@ -330,6 +348,7 @@ class TunedAqgan(Proposer):
             "asked_w": [list(c.w_bits) for c, _ in self.asked],
             "asked_a": [list(c.a_bits) for c, _ in self.asked],
             "origins": [o for _, o in self.asked],
+            "estimates": list(self.estimates),
             "measured": list(self.measured),
             "done": self.done,
             "tune_s": self.tune_s,
@@ -341,6 +360,7 @@ class TunedAqgan(Proposer):
             (QuantConfig(names, tuple(w), tuple(a)), o)
             for w, a, o in zip(state["asked_w"], state["asked_a"], state["origins"], strict=True)
         ]
+        self.estimates = [float(e) for e in state["estimates"]]
         self.measured, self.done = list(state["measured"]), bool(state["done"])
         self.tune_s = float(state["tune_s"])
         told_configs = [c for c, _ in self.asked][: len(self.measured)]

@@ -24,7 +24,9 @@ class TrainedGenerator:
     ``hw`` is a hardware model's name (``bismo-edge``, ``table:PATH``, ...) or a ``CostModel``;
     ``budget`` is ``METRIC=VALUE`` (``latency_ms=0.5x``) or a ``Budget``. ``seed`` defaults to
     the experiment's. ``fidelity`` holds (target, achieved) pairs of the checkpoint's verified
-    proposals, the measured error bar of ``expected_miss``.
+    proposals, the measured error bar of ``expected_miss``. ``stored`` holds AQGAN's training
+    rows (``Session.generator`` sets them): with them, a budget without a target is answered
+    by hardware tuning (``aqgan.hw_tune``), without them by the paper's flow.
     """
 
     loaded: Loaded
@@ -35,6 +37,7 @@ class TrainedGenerator:
     evidence: int = 0  # stored evaluations told to the ranker beyond the checkpoint's own
     evidence_s: float = 0.0  # seconds spent reading them and telling the ranker
     training: dict[str, Any] = field(default_factory=dict)  # what `train` reported, if it ran
+    stored: tuple[dict[str, Any], ...] = field(default=(), repr=False)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -81,9 +84,30 @@ class TrainedGenerator:
 
     def ask(self, query: Query) -> list[Proposal]:
         """``propose`` for a query built once (``query``): a target, or a budget alone."""
+        if query.target_acc is None and self.stored:
+            tuned = self.tuner(query).shortlist(query.top)
+            return [Proposal(c, None, est, std, self._cost(query, c), True, origin)
+                    for c, est, std, origin in tuned]  # fmt: skip
         if query.target_acc is None:
             return generate.best_under_budget(self.loaded, self.layers, query)
         return generate.propose(self.loaded, self.layers, query)
+
+    def tuner(self, query: Query):
+        """AQGAN's hardware tuning for ``query``'s budget (``hw_tune.TunedAqgan``), with
+        ``query.top`` verifications at most."""
+        from aqgan_ray.aqgan.hw_tune import TunedAqgan
+
+        return TunedAqgan(self.loaded, self._point(query), query.seed, query.n, query.top,
+                          self.stored)  # fmt: skip
+
+    def _point(self, query: Query):
+        from aqgan_ray.search import DesignPoint
+
+        return DesignPoint(self.layers, self.bit_choices, query.hw, query.budget,
+                           self.loaded.keep_first_last)  # fmt: skip
+
+    def _cost(self, query: Query, config: QuantConfig) -> float:
+        return self._point(query).cost(config)
 
     def best_under_budget(
         self,

@@ -155,7 +155,7 @@ def _merge_identical(
 
 
 def runs_on(method: str, planned: Planned, exp) -> bool:
-    """AQGAN and uniform run on every point; the searching methods (those that spend
+    """AQGAN, store-best and uniform run on every point; the searching methods (those that spend
     ``baselines.evaluations``) on the preset's subset."""
     if not METHODS[method].searching:
         return True

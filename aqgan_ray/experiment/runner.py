@@ -197,16 +197,14 @@ def _search_stage(
     s: Session, planned: list[design.Planned], loaded: Loaded
 ) -> dict[tuple[str, design.Planned], SearchResult]:
     """Every method on every design point it runs on; each search resumes from its checkpoint."""
-    from aqgan_ray.aqgan.refine import training_rows
-    from aqgan_ray.aqgan.train import CHECKPOINT, refine_log
+    from aqgan_ray.aqgan.train import CHECKPOINT
     from aqgan_ray.search import run_search
     from baselines import METHODS, SearchSetup
 
     exp, service = s.experiment, s.service
     digest = design.file_digest(s.run_dir / CHECKPOINT)
     # what AQGAN paid for: its candidates and floor (hw_tune), and store-best's whole choice
-    kept = {row["config_hash"] for row in refine_log(s.run_dir, loaded.eval_key)}
-    stored = tuple(training_rows(service.store.rows(), kept))
+    stored = s.training_rows(loaded.eval_key, service.store.rows())
     jobs = [
         (method, p)
         for method in METHODS.values()
@@ -347,6 +345,7 @@ def _notes(exp: Experiment, planned: list[design.Planned]) -> list[str]:
         notes.append(
             "HAQ, Optuna and random search ran on a subset of the design points (hardware "
             f"{list(exp.design.search_hw) or 'all'}, budgets "
-            f"{list(exp.design.search_budgets) or 'all'}); AQGAN and uniform on all of them."
+            f"{list(exp.design.search_budgets) or 'all'}); AQGAN, store-best and uniform on "
+            "all of them."
         )
     return notes

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from aqgan_ray.errors import UserError
-from aqgan_ray.experiment.report import readable_summary, shared, summary_table
+from aqgan_ray.experiment.report import readable_summary, shared, summary_table, tuning_table
 from aqgan_ray.settings import check_seeds
 
 
@@ -69,3 +69,21 @@ def test_seeds_are_distinct_non_negative_integers():
     for bad, fragment in (([], "at least one"), ([1, 1], "repeat"), ([-1], "non-negative")):
         with pytest.raises(UserError, match=fragment):
             check_seeds(bad)
+
+
+def test_the_tuning_table_sets_aqgan_against_uniform_and_the_store(cost):
+    assert tuning_table(cost) is None  # no store-best rows: nothing to set against
+    store = [
+        {**_row("store", b, seed, acc), "origin": "store"}
+        for seed in (0, 1, 2)
+        for b, acc in ((0.3, 0.70), (0.5, 0.86))
+    ]
+    with_store = pd.concat([cost.assign(origin="generator+tuned"), pd.DataFrame(store)])
+    table = tuning_table(with_store)
+    assert list(table.index) == ["bismo-edge energy_mj 0.3x", "bismo-edge energy_mj 0.5x"]
+    low, high = table.iloc[0], table.iloc[1]
+    # AQGAN 0.80 (mean over seeds 0.8033) against the store's 0.70: +10.33 points
+    assert low["aqgan margin"] == pytest.approx(100 * (0.80 + 0.01 / 3 - 0.70))
+    # at 0.5x uniform (0.86 on average) and the store (0.86) beat AQGAN's 0.8533
+    assert high["aqgan margin"] < 0 and high["aqgan origin"] == "generator+tuned"
+    assert high["aqgan evals"] == 3
