@@ -64,7 +64,7 @@ def write_table(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 # A search's trace: every evaluation a method asked for, in the order it asked, with the
 # design point it searched for. Its own version: it changes independently of the store.
-TRACE_SCHEMA_VERSION = 1
+TRACE_SCHEMA_VERSION = 2  # 2: ``origin``
 TRACE_SCHEMA = pa.schema(
     [
         ("method", pa.string()),
@@ -83,6 +83,7 @@ TRACE_SCHEMA = pa.schema(
         ("eval_s", pa.float64()),
         ("elapsed_s", pa.float64()),  # search wall seconds when the result was told
         ("best_so_far_val_acc", pa.float64()),  # best within budget so far (NaN before the first)
+        ("origin", pa.string()),  # where the config came from (``Proposer.origin``)
         ("schema_version", pa.int16()),
     ],
     metadata={_VERSION_KEY: str(TRACE_SCHEMA_VERSION).encode()},

@@ -214,8 +214,8 @@ def plot_search_cost(cost: pd.DataFrame, path: Path) -> Path:
         labels.append(method)
         values.append(row["evaluations / point"])
         colors.append(COLORS[method])
-        if method == "aqgan":
-            labels.append("aqgan\namortized")
+        if METHODS[method].one_time:  # built on AQGAN's collection: its share shown too
+            labels.append(f"{method}\namortized")
             values.append(row["amortized / point"])
             colors.append("salmon")
     fig, ax = plt.subplots(figsize=(6, 3.6))
