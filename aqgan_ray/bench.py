@@ -256,6 +256,7 @@ TUNING_VARIANTS = {
     "no-projection": {"project": False},
     "mean-estimate": {"kappa": 0.0},
     "kappa-2": {"kappa": 2.0},
+    "paper-first": {"lead": True},
 }
 
 

@@ -163,7 +163,7 @@ def test_haq_interrupted_halfway_ends_with_the_same_episodes(service, smoke, smo
     assert all(r["within_budget"] for r in resumed.trace)
     assert resumed.best["val_acc"] == max(r["val_acc"] for r in resumed.trace)
     table = pq.read_table(run_dir / "trace.parquet")
-    assert table.num_rows == 6 and table.schema.metadata[b"aqgan_ray.schema_version"] == b"1"
+    assert table.num_rows == 6 and table.schema.metadata[b"aqgan_ray.schema_version"] == b"2"
 
     # Uninterrupted, same seed: the same configs in the same order, now all from the store.
     straight = run_search(agent(), service, smoke_point, 6, tmp_path / "straight", identity)

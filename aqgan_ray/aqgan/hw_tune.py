@@ -56,6 +56,9 @@ class TuneSpec:
     sources: tuple[str, ...] = ("generator", "store", "bred")
     project: bool = True  # False: candidates over budget are dropped (the paper's filter)
     kappa: float = 1.0  # posterior stds taken off the ranker's capped mean (``Ranker.predict``)
+    # The first of two or more slots on the paper's pick (``generate.best_under_budget``'s top
+    # proposal, untuned) whatever its estimate: a variant `bench tuning` measures, not `run`.
+    lead: bool = False
 
 
 def free_layers(loaded: Loaded) -> np.ndarray:
@@ -297,6 +300,12 @@ class TunedAqgan(Proposer):
         """One config at a time: what to verify next depends on what was measured."""
         if self.done or n < 1 or len(self.asked) >= self.top:
             return []
+        if self.spec.lead and not self.asked and self.top > 1:
+            lead = self._paper_pick()
+            if lead is not None:
+                self.asked.append((lead, "generator"))
+                self.estimates.append(float("nan"))
+                return [lead]
         pool, pred = self._ranked()
         asked = {c.hash for c, _ in self.asked}
         best = max(self.measured, default=-np.inf)
@@ -319,6 +328,13 @@ class TunedAqgan(Proposer):
         self.asked.append((config, pool.origin[pick]))
         self.estimates.append(float(pred[pick]))
         return [config]
+
+    def _paper_pick(self) -> QuantConfig | None:
+        from aqgan_ray.aqgan.generate import Query, best_under_budget
+
+        query = Query(None, self.point.hw, self.point.budget, self.samples, 1, self.seed)
+        found = best_under_budget(self.base, self.point.layers, query)
+        return found[0].config if found else None
 
     def shortlist(self, k: int) -> list[tuple[QuantConfig, float, float, str]]:
         """The ``k`` best, unverified, as (config, estimate, the ranker's std, origin): the tuned
