@@ -248,6 +248,25 @@ def synthetic(smoke_layers) -> SyntheticStore:
 
 
 @pytest.fixture(scope="session")
+def synthetic_aqgan(synthetic, tmp_path_factory):
+    """(an AQGAN checkpoint trained briefly on 60 synthetic rows, loaded; those rows)."""
+    from aqgan_ray.aqgan import checkpoint as aqgan
+    from aqgan_ray.aqgan import model as gan
+    from aqgan_ray.aqgan.data import training_data
+    from aqgan_ray.aqgan.fit import fit
+    from aqgan_ray.settings import load_experiment
+
+    exp = load_experiment("smoke")
+    names, choices = synthetic.names, exp.quant.bit_choices
+    rows = synthetic.rows(60)
+    spec = gan.GanSpec(steps=150, predictor_members=2, predictor_epochs=300)
+    model, metrics, _ = fit(training_data(rows, names, choices), choices, spec)
+    path = tmp_path_factory.mktemp("ckpt") / "aqgan.pt"
+    aqgan.save_checkpoint(path, model, spec, names, choices, "k", metrics, aqgan.model_id(exp))
+    return aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp)), rows
+
+
+@pytest.fixture(scope="session")
 def point_at(smoke_layers):
     """``point_at("latency_ms=0.5x", hw="bismo-edge")``: a design point on the smoke layers."""
     from aqgan_ray.config import DEFAULT_BIT_CHOICES

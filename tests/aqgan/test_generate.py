@@ -10,8 +10,7 @@ import torch
 
 from aqgan_ray.aqgan import checkpoint as aqgan
 from aqgan_ray.aqgan import model as gan
-from aqgan_ray.aqgan.data import indices_of, training_data
-from aqgan_ray.aqgan.fit import fit
+from aqgan_ray.aqgan.data import indices_of
 from aqgan_ray.aqgan.generate import (
     Query,
     Verified,
@@ -22,19 +21,11 @@ from aqgan_ray.aqgan.generate import (
 )
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.cost import get_hw_model, parse_budget
-from aqgan_ray.settings import load_experiment
 
 
 @pytest.fixture(scope="module")
-def loaded(synthetic, tmp_path_factory):
-    exp = load_experiment("smoke")
-    names, choices = synthetic.names, exp.quant.bit_choices
-    data = training_data(synthetic.rows(60), names, choices)
-    spec = gan.GanSpec(steps=150, predictor_members=2, predictor_epochs=300)
-    model, metrics, _ = fit(data, choices, spec)
-    path = tmp_path_factory.mktemp("ckpt") / "aqgan.pt"
-    aqgan.save_checkpoint(path, model, spec, names, choices, "k", metrics, aqgan.model_id(exp))
-    return aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp))
+def loaded(synthetic_aqgan):
+    return synthetic_aqgan[0]
 
 
 def test_propose_ranks_distinct_proposals_by_distance_to_target(loaded, smoke_layers):

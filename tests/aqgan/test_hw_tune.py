@@ -8,10 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aqgan_ray.aqgan import checkpoint as aqgan
 from aqgan_ray.aqgan import model as gan
-from aqgan_ray.aqgan.data import configs_of, training_data
-from aqgan_ray.aqgan.fit import fit
+from aqgan_ray.aqgan.data import configs_of
 from aqgan_ray.aqgan.hw_tune import (
     Ranker,
     TunedAqgan,
@@ -22,20 +20,12 @@ from aqgan_ray.aqgan.hw_tune import (
 )
 from aqgan_ray.cost import parse_budget
 from aqgan_ray.search import DesignPoint
-from aqgan_ray.settings import load_experiment
 from baselines.store_best import StoreBest
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic, tmp_path_factory):
-    exp = load_experiment("smoke")
-    names, choices = synthetic.names, exp.quant.bit_choices
-    rows = synthetic.rows(60)
-    spec = gan.GanSpec(steps=150, predictor_members=2, predictor_epochs=300)
-    model, metrics, _ = fit(training_data(rows, names, choices), choices, spec)
-    path = tmp_path_factory.mktemp("ckpt") / "aqgan.pt"
-    aqgan.save_checkpoint(path, model, spec, names, choices, "k", metrics, aqgan.model_id(exp))
-    return aqgan.load_checkpoint(path, names, choices, aqgan.model_id(exp)), rows
+def trained(synthetic_aqgan):
+    return synthetic_aqgan
 
 
 def _search(method: TunedAqgan, synthetic) -> list[float]:
