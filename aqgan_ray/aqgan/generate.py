@@ -70,7 +70,7 @@ class Proposal:
         }
 
 
-def _unique(idx: np.ndarray) -> np.ndarray:
+def unique_rows(idx: np.ndarray) -> np.ndarray:
     """Rows of [n, L, 2] without repeats, first occurrence kept."""
     _, first = np.unique(idx.reshape(len(idx), -1), axis=0, return_index=True)
     return np.sort(first)
@@ -94,7 +94,7 @@ def propose(
         more, more_std = gan.predict(loaded.model, torch.as_tensor(extra), len(loaded.bit_choices))
         idx = np.concatenate([idx, extra])
         pred, std = np.concatenate([pred, more]), np.concatenate([std, more_std])
-    keep = _unique(idx)
+    keep = unique_rows(idx)
     idx, pred, std = idx[keep], pred[keep], std[keep]
     cost, fits = _price(loaded, layers, idx, query.hw, query.budget)
 
@@ -213,7 +213,7 @@ def best_under_budget(loaded: Loaded, layers: Sequence[Layer], query: Query) -> 
     found: dict[bytes, tuple] = {}
     for step, target in enumerate(np.linspace(hi, lo, SWEEP_STEPS)):
         idx, pred, std = _sample(loaded, float(target), query.n, query.seed + step)
-        keep = _unique(idx)
+        keep = unique_rows(idx)
         idx, pred, std = idx[keep], pred[keep], std[keep]
         cost, fits = _price(loaded, layers, idx, query.hw, query.budget)
         for i in np.flatnonzero(fits):

@@ -37,6 +37,7 @@ import torch
 from aqgan_ray.aqgan import model as gan
 from aqgan_ray.aqgan.checkpoint import Loaded, told
 from aqgan_ray.aqgan.data import band_start, configs_of, indices_of
+from aqgan_ray.aqgan.generate import unique_rows
 from aqgan_ray.config import QuantConfig
 from aqgan_ray.cost import within_budget
 from aqgan_ray.search import DesignPoint, Proposer
@@ -203,10 +204,10 @@ def candidates(
     if "generator" in spec.sources:
         lo, hi = loaded.model.scaler.lo, loaded.model.scaler.hi
         for step, target in enumerate(np.linspace(hi, band_start(lo, hi), spec.targets)):
-            idx, pred, _ = gan.sample(loaded.model, float(target), samples, seed + step)
+            idx, _, _ = gan.sample(loaded.model, float(target), samples, seed + step)
             idx = loaded.pinned(idx)
             pred = ranker.predict(idx)
-            keep = _first_unique(idx)
+            keep = unique_rows(idx)
             idx, pred = idx[keep], pred[keep]
             fits = ranker.fits(ranker.cost(idx))
             # the most accurate that fit as they are (the paper's flow) and those that do not
@@ -239,14 +240,9 @@ def candidates(
     origin = [o + "+tuned" if c else o for o, c in zip(origin, changed, strict=True)]
     # a training row is measured already: within budget, the incumbent covers it
     known = {row.tobytes() for row in stored_idx}
-    keep = [i for i in _first_unique(tuned) if tuned[i].tobytes() not in known]
-    keep = [i for i in keep if ranker.fits(ranker.cost(tuned[i : i + 1]))[0]]
+    fits = ranker.fits(ranker.cost(tuned))
+    keep = [i for i in unique_rows(tuned) if fits[i] and tuned[i].tobytes() not in known]
     return Candidates(tuned[keep], tuple(origin[i] for i in keep))
-
-
-def _first_unique(idx: np.ndarray) -> np.ndarray:
-    _, first = np.unique(idx.reshape(len(idx), -1), axis=0, return_index=True)
-    return np.sort(first)
 
 
 class TunedAqgan(Proposer):
