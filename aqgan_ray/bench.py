@@ -310,3 +310,50 @@ def bench_tuning(session) -> list[dict[str, Any]]:
                 tuner.tell(configs, accs[-1:])
             row(name, accs, "/".join(o for _, o in tuner.asked), tuner.tune_s)
     return rows
+
+
+# The sensitivity pass's settings ``bench sensitivity`` measures the ILP with: Hutchinson probes
+# per calibration batch, each with two probe seeds.
+SENSITIVITY_PROBES = (4, 8, 16, 32)
+SENSITIVITY_SEEDS = (0, 1)
+
+
+def bench_sensitivity(
+    session,
+    probes: tuple[int, ...] = SENSITIVITY_PROBES,
+    seeds: tuple[int, ...] = SENSITIVITY_SEEDS,
+) -> list[dict[str, Any]]:
+    """The ILP's choice at every design point of the session's experiment, for each probe count
+    and probe seed, with an unresolved weight trace counted at its standard error (what ``run``
+    uses) or at zero: validation accuracy of the best solution, its predicted loss increase, the
+    pass's and the solve's seconds. Evaluations go through the store as source ``bench``."""
+    from aqgan_ray.experiment import design
+    from baselines.ilp import IntegerProgram, clipped_at_zero, measure_sensitivity
+
+    exp, service = session.experiment, session.service
+    prepared, splits = session.prepared, session.splits
+    planned = design.design_points(exp, session.layers, [session.seed])
+    rows = []
+    for count in probes:
+        for seed in seeds:
+            sens = measure_sensitivity(
+                prepared.folded_model(), prepared.layers, prepared.calibration, splits.calib_x,
+                splits.calib_y, prepared.mean, prepared.std, probes=count, seed=seed,
+                keep_first_last=exp.quant.keep_first_last,
+            )  # fmt: skip
+            traces, errors = np.array(sens.weight_trace), np.array(sens.weight_trace_se)
+            for floor, used in (("se", sens), ("zero", clipped_at_zero(sens))):
+                for p in planned:
+                    program = IntegerProgram(p.point, used)
+                    solution = program.next()
+                    [outcome] = service.evaluate([solution.config], source="bench")
+                    rows.append({
+                        "hw": p.hw_name, "metric": p.point.budget.metric,
+                        "budget": p.point.budget.value, "budget_fraction": p.point.budget.relative,
+                        "probes": count, "seed": seed, "floor": floor,
+                        "val_acc": outcome.val_acc, "objective": solution.objective,
+                        "unresolved": int((traces < errors).sum()),
+                        "negative": int((traces < 0).sum()),
+                        "sensitivity_s": sens.seconds, "solve_s": program.solve_s,
+                    })  # fmt: skip
+    return rows

@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="evaluations to spend (default: the preset's baselines.evaluations)",
+        help="evaluations to spend (default: the preset's baselines.evaluations; uniform: one "
+        "per fitting width; ilp: baselines.ilp_evaluations, the K best solutions verified)",
     )
     p.add_argument(
         "--batch",
@@ -220,11 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     _ray_args(p)
     p.add_argument(
         "name",
-        choices=["eval", "scaling", "generate", "costs", "tuning"],
+        choices=["eval", "scaling", "generate", "costs", "tuning", "sensitivity"],
         help="eval: quantized vs FP32 forward; scaling: 1 vs 2 actors, Ray vs in-process; "
         "generate: 1000 proposals vs one evaluation; costs: a cost model against a simulator's "
         "table keyed by layer shape; tuning: AQGAN's hardware tuning against its variants, the "
-        "paper's flow, store-best and uniform at every design point of a trained run",
+        "paper's flow, store-best and uniform at every design point of a trained run; "
+        "sensitivity: the ILP's choice at every design point for each Hutchinson probe count "
+        "and seed, unresolved traces at their standard error or at zero",
     )
     p.add_argument(
         "--table",
@@ -491,6 +494,13 @@ def cmd_baseline(args: argparse.Namespace) -> dict[str, Any]:
                 f"test {best['test_acc']:.4f}, {budget.metric} {best['cost_value']:.6g}\n"
                 f"  w {best['w_bits']}\n  a {best['a_bits']}"
             )
+        summary = out["method_summary"]
+        if "sensitivity_s" in summary:
+            print(
+                f"sensitivity pass {summary['sensitivity_s']:.1f} s, as "
+                f"{summary['sensitivity_evaluations']:.1f} evaluations (once per seed, kept in "
+                f"sensitivity.json); integer program {summary['solve_s']:.2f} s"
+            )
         print(f"trace: {out['trace']}")
     return out
 
@@ -557,6 +567,8 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
         return _bench_costs(args)
     if args.name == "tuning":
         return _bench_tuning(args)
+    if args.name == "sensitivity":
+        return _bench_sensitivity(args)
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
     if args.configs < 2:
@@ -590,6 +602,24 @@ def _bench_tuning(args: argparse.Namespace) -> dict[str, Any]:
         table = rows.assign(point=point).pivot(index="point", columns="method", values="val_acc")
         print(table[list(dict.fromkeys(rows["method"]))].to_string(float_format="{:.4f}".format))
         print(rows.groupby("method", sort=False)[["val_acc", "evaluations", "tune_s"]].mean())
+    return {"rows": json.loads(rows.to_json(orient="records"))}
+
+
+def _bench_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
+    import pandas as pd
+
+    from aqgan_ray.bench import bench_sensitivity
+
+    with _session(args, _experiment(args)) as s:
+        rows = pd.DataFrame(bench_sensitivity(s))
+    if args.output:
+        from aqgan_ray.store import write_table
+
+        write_table(rows.to_dict("records"), Path(args.output))
+    if not args.json:
+        figures = ["val_acc", "unresolved", "negative", "sensitivity_s", "solve_s"]
+        means = rows.groupby(["probes", "seed", "floor"])[figures].mean()
+        print(means.to_string(float_format="{:.4f}".format))
     return {"rows": json.loads(rows.to_json(orient="records"))}
 
 

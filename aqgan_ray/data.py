@@ -122,6 +122,7 @@ class Splits:
     val_idx: Tensor | None = field(default=None, repr=False)
     calib_idx: Tensor | None = field(default=None, repr=False)
     test_idx: Tensor | None = field(default=None, repr=False)
+    calib_y: Tensor | None = field(default=None, repr=False)  # labels (sensitivity's loss)
 
 
 @lru_cache(maxsize=32)
@@ -248,6 +249,7 @@ def _make_splits(
         val_idx=val_idx,
         calib_idx=calib_idx,
         test_idx=test_idx,
+        calib_y=train_labels[calib_idx],
     )
 
 
@@ -518,4 +520,5 @@ def _load_imagenet(spec: DataSpec) -> Splits:
         val_idx=val_idx,
         calib_idx=calib_idx,
         test_idx=test_idx,
+        calib_y=train_labels_all[calib_idx],
     )

@@ -21,7 +21,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -159,6 +159,7 @@ class SearchResult:
     resumed_from: int  # evaluations already in the trace when this run started
     evaluated_now: int  # evaluator runs started by this search (cache misses)
     search_s: float  # driver wall seconds of this run (a resumed run counts only itself)
+    summary: dict[str, Any] = field(default_factory=dict)  # the proposer's, when it stopped
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -228,9 +229,8 @@ def run_search(
     if not (run_dir / "trace.parquet").exists():  # e.g. AQGAN found nothing that fits
         _save_checkpoint(checkpoint, identity, trace, proposer)
         write_trace(trace, identity, run_dir / "trace.parquet")
-    return SearchResult(
-        trace, resumed_from, service.evaluated - evaluated_before, time.perf_counter() - start
-    )
+    return SearchResult(trace, resumed_from, service.evaluated - evaluated_before,
+                        time.perf_counter() - start, proposer.summary())  # fmt: skip
 
 
 def _save_checkpoint(

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from aqgan_ray.search import SearchResult
     from aqgan_ray.service import EvaluationService
     from aqgan_ray.settings import Experiment
+    from baselines.ilp import Sensitivity
 
 POOLS = ("ray", "local")
 # A long search writes a store part every few seconds; past this many parts they are merged.
@@ -511,6 +512,40 @@ class Session:
         kept = {r["config_hash"] for r in refine_log(self.run_dir, eval_key)}
         return tuple(r for r in training_rows(rows, kept) if r.get("eval_key") == eval_key)
 
+    def sensitivity(self) -> Sensitivity:
+        """The ILP baseline's layer sensitivity for this seed (``baselines/ilp.py``), measured
+        in this process on the calibration images and kept in ``sensitivity.json``; its
+        ``seconds`` are those of the pass that measured it (the ILP's one-time cost)."""
+        import json
+
+        from aqgan_ray.atomic import write_json
+        from baselines.ilp import Sensitivity, measure_sensitivity
+
+        exp = self.experiment
+        prepared, splits = self._prepare()
+        key = {
+            "eval_key": self.service.store.eval_key,  # weights, quantizers, protocol
+            "calib_images": len(splits.calib_x),
+            "probes": exp.baselines.ilp_probes,
+            "seed": self.seed,
+        }
+        path = self.run_dir / "sensitivity.json"
+        try:
+            saved = json.loads(path.read_text())
+            if saved["key"] == key:
+                return Sensitivity.from_dict(saved["sensitivity"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # none yet, or another setup's, or damaged: measured again
+        if splits.calib_y is None:
+            raise UserError("the sensitivity pass needs labelled calibration images")
+        sensitivity = measure_sensitivity(
+            prepared.folded_model(), prepared.layers, prepared.calibration, splits.calib_x,
+            splits.calib_y, prepared.mean, prepared.std, probes=exp.baselines.ilp_probes,
+            seed=self.seed, keep_first_last=exp.quant.keep_first_last,
+        )  # fmt: skip
+        write_json(path, {"key": key, "sensitivity": sensitivity.to_dict()})
+        return sensitivity
+
     def verify(
         self,
         generator: TrainedGenerator,
@@ -599,7 +634,7 @@ class Session:
         that seed's folder with its store (``for_seed``), where ``run --seeds`` continues it."""
         from tqdm import tqdm
 
-        from aqgan_ray.experiment.design import Planned, search_dir
+        from aqgan_ray.experiment.design import Planned, method_identity, search_dir
         from aqgan_ray.experiment.design import identity as search_identity
         from aqgan_ray.search import DesignPoint, run_search
         from baselines import SearchSetup, get_method
@@ -615,7 +650,7 @@ class Session:
                 return replicate.search(method, hw, budget, evaluations, seed, batch)
             finally:
                 replicate.close()
-        evaluations = exp.baselines.evaluations if evaluations is None else evaluations
+        evaluations = spec.evaluations(exp) if evaluations is None else evaluations
         if evaluations < 1:
             raise UserError(f"--evaluations must be at least 1, got {evaluations}")
         if batch is not None and batch < 1:
@@ -630,9 +665,12 @@ class Session:
         folder = search_dir(self.run_dir, method, planned)
         service = self.service
         batch = batch or spec.batch(exp, self.planned_workers)
-        setup = SearchSetup(point, seed, folder, self.prepared.fp_val_acc, batch, exp)
+        sensitivity = self.sensitivity() if spec.needs_sensitivity else None
+        setup = SearchSetup(point, seed, folder, self.prepared.fp_val_acc, batch, exp,
+                            sensitivity=sensitivity)  # fmt: skip
         proposer = spec.build(setup)
-        ident = search_identity(method, planned, service.store.eval_key)
+        extra = method_identity(method, exp)
+        ident = search_identity(method, planned, service.store.eval_key, extra)
         with tqdm(total=evaluations, desc=method, unit="eval", file=sys.stderr,
                   disable=not self.progress) as bar:  # fmt: skip
 
@@ -659,9 +697,15 @@ class Session:
                 "within_budget": best["within_budget"],
                 "index": best["index"],
             }
+        summary = proposer.summary()
+        if sensitivity is not None:  # its one-time pass, in evaluations as the ledger counts it
+            from aqgan_ray.experiment.ledger import sensitivity_cost
+
+            once = sensitivity_cost(sensitivity.seconds, service.store.rows())
+            summary |= {"sensitivity_evaluations": once.evaluations, "median_eval_s": once.eval_s}
         prepared = self.prepared
         return SearchOutcome(method, hw_model.name, parsed, seed, batch, evaluations, result,
-                             best, proposer.summary(), folder / "trace.parquet", exp,
+                             best, summary, folder / "trace.parquet", exp,
                              prepared.fp_val_acc, prepared.fp_test_acc)  # fmt: skip
 
     def test_accuracy(self, configs: Sequence[QuantConfig]) -> dict[str, float]:

@@ -78,6 +78,10 @@ class BaselineSpec:
     # that lowers it is reported as doing so.
     evaluations: int = 600
     haq_warmup: int = 20  # HAQ's random warm-up episodes (reported when lowered)
+    # Sensitivity + ILP (baselines/ilp.py): Hutchinson probes per calibration batch of its
+    # Hessian traces, and the integer program's solutions it verifies per design point.
+    ilp_probes: int = 8
+    ilp_evaluations: int = 1
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,8 @@ def _validated(exp: Experiment) -> Experiment:
                 raise UserError(f"{section}.{f.name} must not be negative, got {val}")
     if exp.baselines.evaluations < 1:
         raise UserError("baselines.evaluations must be at least 1")
+    if exp.baselines.ilp_probes < 1 or exp.baselines.ilp_evaluations < 1:
+        raise UserError("baselines.ilp_probes and ilp_evaluations must be at least 1")
     if min(exp.aqgan.steps, exp.aqgan.fidelity_top, exp.aqgan.verify_top, exp.aqgan.proposals) < 1:
         raise UserError("aqgan.steps, fidelity_top, verify_top and proposals must be at least 1")
     if exp.collect.round_size < 1:

@@ -1,7 +1,7 @@
 """Every search method the comparison runs, in one registry: AQGAN, the ablation built from its
-store alone (``store``: store-best), and the baselines, HAQ's DDPG (``haq``), uniform
-quantization (``uniform``), Optuna's TPE (``optuna``) and random search (``random``), one
-readable file each.
+store alone (``store``: store-best), and the baselines, uniform quantization (``uniform``),
+layer sensitivity plus integer programming (``ilp``, HAWQ-V3 style), HAQ's DDPG (``haq``),
+Optuna's TPE (``optuna``) and random search (``random``), one readable file each.
 
 Every one is an ``aqgan_ray.search.Proposer``: it asks for configs and is told their accuracies,
 and never touches an evaluator or a cost model itself, so ``aqgan_ray.search.run_search`` drives
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from aqgan_ray.aqgan.checkpoint import Loaded
     from aqgan_ray.search import DesignPoint, Proposer
     from aqgan_ray.settings import Experiment
+    from baselines.ilp import Sensitivity
 
 __all__ = ["BASELINES", "METHODS", "Method", "SearchSetup", "get_method"]
 
@@ -39,6 +40,7 @@ class SearchSetup:
     generator: Loaded | None = None  # AQGAN's trained model
     # AQGAN's training rows (``refine.training_rows``: what it paid for), for AQGAN and store-best
     stored: tuple[dict[str, Any], ...] = ()
+    sensitivity: Sensitivity | None = None  # the layer sensitivity pass, for the ILP
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,13 @@ class Method:
     # Evaluations it may spend per point, and configs asked at once given the evaluator count.
     evaluations: Callable[[Experiment], int]
     batch: Callable[[Experiment, int], int]
-    # Built from AQGAN's collection: shares its one-time cost (the ledger's amortized columns)
-    # and is not a baseline AQGAN's accuracy is matched against.
+    # Built from AQGAN's collection: not a baseline AQGAN's accuracy is matched against, and
+    # redone when AQGAN is retrained.
     one_time: bool = False
+    # Whose one-time cost the ledger's amortized columns share over the points that method
+    # served: AQGAN's collection and training, or the ILP's sensitivity pass.
+    shares: str | None = None
+    needs_sensitivity: bool = False  # built from ``Session.sensitivity()``
 
 
 # Each method's module is imported when it is built: the registry itself is cheap to import (the
@@ -79,6 +85,14 @@ def _uniform(s: SearchSetup) -> Proposer:
     from baselines.uniform import Uniform
 
     return Uniform(s.point, s.seed)
+
+
+def _ilp(s: SearchSetup) -> Proposer:
+    from baselines.ilp import Ilp
+
+    if s.sensitivity is None:
+        raise ValueError("the ILP needs the layer sensitivity")
+    return Ilp(s.point, s.sensitivity)
 
 
 def _haq(s: SearchSetup) -> Proposer:
@@ -120,6 +134,7 @@ METHODS: dict[str, Method] = {
             lambda exp: exp.aqgan.verify_top,
             lambda exp, workers: 1,  # one at a time: the next depends on what was measured
             one_time=True,
+            shares="aqgan",
         ),
         Method(
             "store",
@@ -130,6 +145,7 @@ METHODS: dict[str, Method] = {
             lambda exp: 1,
             lambda exp, workers: 1,
             one_time=True,
+            shares="aqgan",
         ),
         Method(
             "uniform",
@@ -139,6 +155,18 @@ METHODS: dict[str, Method] = {
             _uniform,
             lambda exp: len(exp.quant.bit_choices),
             _one_per_evaluator,
+        ),
+        Method(
+            "ilp",
+            "sensitivity + ILP (HAWQ-V3 style): Hessian-trace sensitivity once, an integer "
+            "program per point",
+            "tab:purple",
+            False,
+            _ilp,
+            lambda exp: exp.baselines.ilp_evaluations,
+            _one_per_evaluator,  # the solutions do not depend on what was measured
+            shares="ilp",
+            needs_sensitivity=True,
         ),
         Method(
             "haq",

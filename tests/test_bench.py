@@ -59,3 +59,18 @@ def test_bench_costs_bad_input_is_one_line(tmp_path, capsys) -> None:
     zero.write_text('{"(1, 4, 8, 3, 1, 1, 1)-W8A8": {"latency": 0, "energy": 1}}')
     assert main(["bench", "costs", "--table", str(zero), "--refit"]) == 2
     assert "positive latency_ms" in capsys.readouterr().err
+
+
+def test_bench_sensitivity_solves_every_design_point_per_setting(smoke, cache_dir, tmp_path):
+    """On the trained smoke model, in this process: one probe count and seed, both floors."""
+    from aqgan_ray.bench import bench_sensitivity
+    from aqgan_ray.session import Session
+
+    exp = smoke[0]
+    with Session(exp, tmp_path, pool="local", cache_dir=cache_dir, progress=False) as s:
+        rows = pd.DataFrame(bench_sensitivity(s, probes=(1,), seeds=(0,)))
+        stored = s.service.store.rows()
+    assert len(rows) == 2 * 6 and set(rows["floor"]) == {"se", "zero"}
+    assert rows["val_acc"].between(0, 1).all() and (rows["solve_s"] > 0).all()
+    assert rows["sensitivity_s"].nunique() == 1  # one pass serves both floors
+    assert {r["source"] for r in stored} == {"bench"}

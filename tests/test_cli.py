@@ -464,10 +464,39 @@ def test_baseline_searches_resumes_and_extends(inproc, tmp_path, ray_cluster):
     assert len(pd.read_parquet(more["trace"])) == 6
 
 
+def test_baseline_ilp_one_evaluation_with_its_costs(inproc, tmp_path, ray_cluster):
+    """The issue's command: a config within budget after one evaluation, the sensitivity pass
+    and the solve in the JSON; the pass is kept for the next point."""
+    args = (
+        "baseline", "ilp", "--experiment", "smoke", "--hw", "bismo-edge", "--budget",
+        "energy_mj=0.5x", "--address", ray_cluster["address"], "--results", str(tmp_path),
+        "--json",
+    )  # fmt: skip
+    out = _inproc_ok(inproc(*args))
+    assert out["evaluations"] == 1 and out["best"]["within_budget"]
+    assert out["best"]["cost_value"] <= out["budget"]["value"]
+    summary = out["method_summary"]
+    assert summary["sensitivity_s"] > 0 and summary["solve_s"] > 0
+    assert summary["sensitivity_evaluations"] == pytest.approx(
+        summary["sensitivity_s"] / summary["median_eval_s"]
+    )
+    saved = tmp_path / "smoke" / "sensitivity.json"
+    stamp = saved.stat().st_mtime_ns
+    other = _inproc_ok(inproc(*args[:6], "latency_ms=0.6x", *args[7:], "--evaluations", "3"))
+    assert saved.stat().st_mtime_ns == stamp  # measured once per seed
+    assert (
+        other["evaluations"] == 3
+        and other["method_summary"]["sensitivity_s"] == (summary["sensitivity_s"])
+    )
+    objectives = other["method_summary"]["objectives"]
+    assert objectives == sorted(objectives)  # the pool's solutions, best predicted first
+
+
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
         (["dqn", "--hw", "bitfusion", "--budget", "latency_ms=1x"], "unknown baseline 'dqn'"),
+        (["ilp", "--hw", "bismo-edge", "--budget", "energy_mj=0.01"], "below the cheapest"),
         (["haq", "--hw", "bismo-edge", "--budget", "latency_ms=0.01"], "below the cheapest"),
         (["haq", "--hw", "bismo-edge", "--budget", "latency_ms=1x", "--evaluations", "0"],
          "--evaluations must be at least 1"),
@@ -498,7 +527,7 @@ def test_run_end_to_end_then_resume_reproduces_the_tables(
     out = _inproc_ok(inproc(*args))
     run_dir = results / "smoke"
     cost = pd.read_parquet(out["search_cost"])
-    methods = ["aqgan", "haq", "optuna", "random", "store", "uniform"]
+    methods = ["aqgan", "haq", "ilp", "optuna", "random", "store", "uniform"]
     assert sorted(set(cost["method"])) == methods
     assert sorted(set(cost["seed"])) == [0, 1]
     assert cost["within_budget"].all() and cost["test_acc"].between(0, 1).all()
@@ -519,6 +548,17 @@ def test_run_end_to_end_then_resume_reproduces_the_tables(
         rows = one_seed[one_seed["method"] == method]
         share = one_time["evaluations"] / 2
         assert (rows["amortized_evaluations"] == rows["evaluations"] + share).all()
+    # the ILP at every design point of both seeds: one evaluation, its pass shared by the two
+    ilp = cost[cost["method"] == "ilp"]
+    assert len(ilp) == 4 and (ilp["evaluations"] == 1).all() and (ilp["decide_s"] > 0).all()
+    passes = json.loads((run_dir / "run.json").read_text())["replicates"]
+    for seed, rep in zip((0, 1), passes, strict=True):
+        once = rep["sensitivity"]
+        assert once["design_points"] == 2 and once["probes"] == 1 and once["seconds"] > 0
+        rows = ilp[ilp["seed"] == seed]
+        assert (rows["amortized_evaluations"] == 1 + once["evaluations"] / 2).all()
+    assert (run_dir / "sensitivity.json").is_file()
+    assert (run_dir / "seed-1" / "sensitivity.json").is_file()
     # hardware tuning: never below the best training row within budget, at most verify_top
     picks = cost.pivot_table(index=["seed", "hw", "budget"], columns="method", values="val_acc")
     assert (picks["aqgan"] >= picks["store"]).all()
@@ -540,7 +580,8 @@ def test_run_end_to_end_then_resume_reproduces_the_tables(
         assert (run_dir / name).is_file(), name
     text = (run_dir / "report.md").read_text()
     assert "## Cost to match AQGAN" in text and "on the test split" in text
-    assert "## AQGAN's hardware tuning against uniform quantization and its own store" in text
+    assert "against uniform quantization, its own store and the ILP" in text
+    assert "The ILP's one-time cost per seed" in text and "ilp test" in text
     assert "every method ran on" in text and "± " in text
 
     stores = [pd.read_parquet(folder / "evaluations") for folder in (run_dir, seed1)]

@@ -382,6 +382,7 @@ class TunedAqgan(Proposer):
 
     def summary(self) -> dict[str, Any]:
         return {
+            "decide_s": self.tune_s,
             "tune_s": self.tune_s,
             "verified": len(self.asked),
             "origins": [o for _, o in self.asked],

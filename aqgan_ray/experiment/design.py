@@ -188,6 +188,14 @@ def identity(method: str, planned: Planned, eval_key: str, extra: dict | None = 
     }
 
 
+def method_identity(method: str, exp) -> dict | None:
+    """What a method's search depends on beyond the design point and the store: the ILP on
+    the settings of its sensitivity pass."""
+    if METHODS[method].needs_sensitivity:
+        return {"sensitivity_probes": exp.baselines.ilp_probes}
+    return None
+
+
 def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 

@@ -1,17 +1,21 @@
-"""The search-cost ledger: what every method paid at every design point, and AQGAN's one-time
-cost shared by the points it served.
+"""The search-cost ledger: what every method paid at every design point, and the one-time costs
+(AQGAN's collection and training, the ILP's sensitivity pass) shared by the points they served.
 
 Search cost (``search_cost.parquet``, one row per method, design point and seed):
 
 - ``evaluations``: every evaluation the method asked for at this point, cache hits included.
   For AQGAN, its marginal cost: the top proposals it verified.
-- ``amortized_evaluations``: for AQGAN, plus its one-time cost (the store's ``collect``
-  evaluations, active refinement and the fidelity verification of ``train``) shared equally by
-  the design points it served; for the baselines, the same as ``evaluations`` (each search
-  starts over).
+- ``amortized_evaluations``: for AQGAN (and store-best, built from its store), plus its one-time
+  cost (the store's ``collect`` evaluations, active refinement and the fidelity verification of
+  ``train``) shared equally by the design points it served; for the ILP, plus its sensitivity
+  pass shared the same way, counted in evaluations as the pass's seconds over the median
+  seconds of one evaluation in this store; for the searching baselines, the same as
+  ``evaluations`` (each search starts over).
 - ``eval_cpu_s``: evaluator seconds of those evaluations (a cache hit costs what its stored
   evaluation took); ``wall_s``: the search's own wall seconds (summed over resumed runs);
-  ``amortized_*``: plus AQGAN's share of the one-time evaluator seconds and training time.
+  ``amortized_*``: plus the share of the one-time evaluator seconds and training time.
+- ``decide_s``: driver seconds the method spent choosing what to evaluate, where it reports
+  them (the ILP's solves, AQGAN's per-point tuning); part of ``wall_s``.
 - ``evaluations_to_match``: from a baseline's trace, the evaluations it needed until its best
   within budget first reached the accuracy AQGAN selected at the same point (NaN: never), so
   the comparison does not hinge on one episode count.
@@ -20,6 +24,7 @@ Search cost (``search_cost.parquet``, one row per method, design point and seed)
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +54,34 @@ class OneTime:
     @property
     def eval_cpu_s(self) -> float:
         return self.collect_eval_cpu_s + self.refine_eval_cpu_s + self.fidelity_eval_cpu_s
+
+
+@dataclass(frozen=True)
+class SensitivityCost:
+    """The ILP's one-time cost: its sensitivity pass. It runs in the driver, not on an
+    evaluator, so it is counted in evaluations at the median seconds of one evaluation of this
+    store (the same model; on a cluster whose evaluators are faster than the driver, that
+    overstates it)."""
+
+    seconds: float
+    eval_s: float  # median evaluator seconds of one evaluation in the store
+
+    @property
+    def evaluations(self) -> float:
+        return self.seconds / self.eval_s if self.eval_s > 0 else math.nan
+
+    @property
+    def eval_cpu_s(self) -> float:
+        return self.seconds
+
+    @property
+    def train_s(self) -> float:
+        return 0.0
+
+
+def sensitivity_cost(seconds: float, store_rows: Sequence[dict]) -> SensitivityCost:
+    times = [float(row["eval_s"]) for row in store_rows]
+    return SensitivityCost(float(seconds), statistics.median(times) if times else math.nan)
 
 
 def one_time_cost(
@@ -84,10 +117,11 @@ def cost_rows(
     exp,
     results: dict[tuple[str, Planned], SearchResult],
     test_acc: dict[str, float],
-    one_time: OneTime,
+    one_time: dict[str, OneTime | SensitivityCost],
 ) -> list[dict[str, Any]]:
-    """The ``search_cost.parquet`` rows, in method order then design-point order."""
-    served = sum(1 for method, _ in results if method == "aqgan")
+    """The ``search_cost.parquet`` rows, in method order then design-point order.
+    ``one_time``: the one-time cost of each method that has one (``Method.shares``)."""
+    served = {owner: sum(1 for method, _ in results if method == owner) for owner in one_time}
     aqgan_pick = {
         planned: result.best["val_acc"]
         for (method, planned), result in results.items()
@@ -101,7 +135,12 @@ def cost_rows(
         evaluations = len(trace)
         eval_cpu_s = float(sum(r["eval_s"] for r in trace))
         wall_s = float(trace[-1]["elapsed_s"]) if trace else 0.0
-        share = (1.0 / served) if METHODS[method].one_time and served else 0.0
+        owner = METHODS[method].shares
+        once = one_time.get(owner) if owner else None
+        share = 1.0 / served[owner] if once is not None and served[owner] else 0.0
+        once_evaluations = once.evaluations if share else 0.0
+        once_cpu_s = once.eval_cpu_s if share else 0.0
+        once_wall_s = once.train_s + once.eval_cpu_s if share else 0.0
         target = aqgan_pick.get(planned)
         budget = planned.point.budget
         rows.append(
@@ -115,11 +154,12 @@ def cost_rows(
                 "budget_fraction": budget.relative,
                 "seed": planned.seed,
                 "evaluations": evaluations,
-                "amortized_evaluations": evaluations + share * one_time.evaluations,
+                "amortized_evaluations": evaluations + share * once_evaluations,
                 "eval_cpu_s": eval_cpu_s,
-                "amortized_eval_cpu_s": eval_cpu_s + share * one_time.eval_cpu_s,
+                "amortized_eval_cpu_s": eval_cpu_s + share * once_cpu_s,
                 "wall_s": wall_s,
-                "amortized_wall_s": wall_s + share * (one_time.train_s + one_time.eval_cpu_s),
+                "amortized_wall_s": wall_s + share * once_wall_s,
+                "decide_s": float(result.summary.get("decide_s", math.nan)),
                 "evaluations_to_match": (
                     math.nan
                     if METHODS[method].one_time or target is None

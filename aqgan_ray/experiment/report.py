@@ -159,18 +159,24 @@ def point_table(cost: pd.DataFrame) -> pd.DataFrame:
 
 def tuning_table(cost: pd.DataFrame) -> pd.DataFrame | None:
     """AQGAN against uniform and store-best at every point the three ran on (means over
-    seeds); None where one of them did not run."""
+    seeds), and the ILP's choice beside them where it ran there too; None where one of the
+    three did not run."""
     wanted = ["aqgan", "uniform", "store"]
     sub = shared(cost, wanted)
     if set(sub["method"]) != set(wanted):
         return None
+    with_ilp = shared(cost, [*wanted, "ilp"])
+    if "ilp" in set(with_ilp["method"]) and set(with_ilp["point"]) == set(sub["point"]):
+        sub, wanted = with_ilp, [*wanted, "ilp"]
     val = sub.pivot_table(index="point", columns="method", values="val_acc", dropna=False)
     test = sub.pivot_table(index="point", columns="method", values="test_acc", dropna=False)
     aqgan = sub[sub["method"] == "aqgan"].groupby("point")
     out = pd.DataFrame(index=val.index)
     for method in wanted:
         out[f"{method} val"] = val[method]
-    out["aqgan margin"] = 100 * (val["aqgan"] - val[["uniform", "store"]].max(axis=1))
+    out["aqgan margin"] = 100 * (
+        val["aqgan"] - val[[m for m in wanted if m != "aqgan"]].max(axis=1)
+    )
     for method in wanted:
         out[f"{method} test"] = test[method]
     out["aqgan evals"] = aqgan["evaluations"].mean()
@@ -214,10 +220,10 @@ def plot_search_cost(cost: pd.DataFrame, path: Path) -> Path:
         labels.append(method)
         values.append(row["evaluations / point"])
         colors.append(COLORS[method])
-        if METHODS[method].one_time:  # built on AQGAN's collection: its share shown too
+        if METHODS[method].shares:  # a one-time cost shared by the points: its share too
             labels.append(f"{method}\namortized")
             values.append(row["amortized / point"])
-            colors.append("salmon")
+            colors.append("plum" if METHODS[method].shares == "ilp" else "salmon")
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.bar(labels, values, color=colors)
     ax.set_yscale("log")
@@ -387,6 +393,24 @@ def build(run_dir: Path) -> Path:
                 "method's.",
                 "",
             ]
+        passes = [r["sensitivity"] for r in reps if r.get("sensitivity")]
+        if passes:
+            mean = {k: sum(p[k] for p in passes) / len(passes) for k in ("seconds", "evaluations")}
+            solve = cost.loc[cost["method"] == "ilp", "decide_s"] if "decide_s" in cost else None
+            lines += [
+                f"The ILP's one-time cost per seed (mean of {len(passes)}): its sensitivity pass "
+                f"on {passes[0]['images']} calibration images ({passes[0]['probes']} Hutchinson "
+                f"probes per batch), {mean['seconds']:.0f} s in the driver, counted as "
+                f"{mean['evaluations']:.1f} evaluations at the store's median evaluation time, "
+                f"shared by {passes[0]['design_points']} design points"
+                + (
+                    f"; each point then solves its integer program in {solve.mean():.2f} s "
+                    "on average and verifies what it found."
+                    if solve is not None and solve.notna().any()
+                    else "."
+                ),
+                "",
+            ]
         for note in summary.get("notes", []):
             lines += [f"*Note:* {note}", ""]
     lines += _comparison_sections(cost, chance)
@@ -396,11 +420,12 @@ def build(run_dir: Path) -> Path:
     tuning = tuning_table(cost)
     if tuning is not None:
         lines += [
-            "## AQGAN's hardware tuning against uniform quantization and its own store",
+            "## AQGAN's hardware tuning against uniform quantization, its own store and the ILP",
             "",
             "Per hardware model and budget, means over seeds: the validation accuracy each "
-            "selected (what selection sees), AQGAN's margin over the better of the two in "
-            "points, their test accuracy, AQGAN's verified evaluations and where its choices "
+            "selected (what selection sees), AQGAN's margin over the better of uniform and "
+            "store-best and its difference from the ILP in points, their test accuracy, "
+            "AQGAN's verified evaluations and where its choices "
             "came from (generator, store, bred; +tuned: projected onto the budget or filled).",
             "",
             markdown_table(tuning, "design point"),

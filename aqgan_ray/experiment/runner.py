@@ -48,6 +48,7 @@ class Replicate:
     results: dict[tuple[str, design.Planned], SearchResult]
     test_acc: dict[str, float]
     one_time: ledger.OneTime
+    sensitivity: dict[str, Any] | None  # the ILP's one-time pass, where it ran
     rows_by_source: dict[str, int]  # the rows AQGAN trained on, per source
     collect: dict[str, Any]
     trained: bool
@@ -143,6 +144,7 @@ def _replicate(r: Session, planned: list[design.Planned]) -> Replicate:
     """One seed: collect, train AQGAN, every search, the test split of every chosen config."""
     from aqgan_ray.aqgan.data import TRAINING_SOURCES
     from aqgan_ray.aqgan.train import FIDELITY, refine_log
+    from baselines import METHODS
 
     r.open()
     collected = r.collect(r.experiment.collect.samples)
@@ -157,8 +159,15 @@ def _replicate(r: Session, planned: list[design.Planned]) -> Replicate:
     by_source = {
         source: int(loaded.metrics.get(f"rows_{source}", 0)) for source in TRAINING_SOURCES
     }
-    return Replicate(r.seed, r.run_dir, results_by, test_acc, one, by_source, collected,
-                     bool(trained), fidelity)  # fmt: skip
+    sensitivity = None
+    if any(METHODS[method].needs_sensitivity for method, _ in results_by):
+        sens = r.sensitivity()  # measured by the search stage; read back
+        cost = ledger.sensitivity_cost(sens.seconds, store_rows)
+        sensitivity = {"seconds": cost.seconds, "eval_s": cost.eval_s,
+                       "evaluations": cost.evaluations, "images": sens.images,
+                       "probes": sens.probes}  # fmt: skip
+    return Replicate(r.seed, r.run_dir, results_by, test_acc, one, sensitivity, by_source,
+                     collected, bool(trained), fidelity)  # fmt: skip
 
 
 def _aqgan_stage(s: Session) -> tuple[Loaded, dict[str, Any]]:
@@ -211,18 +220,20 @@ def _search_stage(
         for p in planned
         if design.runs_on(method.name, p, exp)
     ]
+    sensitivity = s.sensitivity() if any(m.needs_sensitivity for m, _ in jobs) else None
     results = {}
     for method, p in tqdm(jobs, desc="searches", unit="search", disable=not s.progress):
         folder = design.search_dir(s.run_dir, method.name, p)
         if method.one_time:  # built from this checkpoint's training rows: redone with them
-            ident = design.identity(method.name, p, service.store.eval_key,
-                                    {"checkpoint": digest, "tuning": TUNING})  # fmt: skip
-            design.discard_stale(folder, ident)
+            extra = {"checkpoint": digest, "tuning": TUNING}
         else:
-            ident = design.identity(method.name, p, service.store.eval_key)
+            extra = design.method_identity(method.name, exp)
+        ident = design.identity(method.name, p, service.store.eval_key, extra)
+        if extra is not None:  # derived from this run's own stages: redone when they change
+            design.discard_stale(folder, ident)
         batch = method.batch(exp, s.planned_workers)
         setup = SearchSetup(p.point, p.seed, folder, s.prepared.fp_val_acc, batch, exp, loaded,
-                            stored)  # fmt: skip
+                            stored, sensitivity if method.needs_sensitivity else None)  # fmt: skip
         results[(method.name, p)] = run_search(
             method.build(setup), service, p.point, method.evaluations(exp), folder, ident, batch
         )
@@ -264,7 +275,11 @@ def _write_comparison(
 
     rows, traces, fidelity, summaries = [], [], [], []
     for rep in replicates:
-        rows += ledger.cost_rows(exp, rep.results, rep.test_acc, rep.one_time)
+        once: dict[str, Any] = {"aqgan": rep.one_time}
+        if rep.sensitivity is not None:
+            once["ilp"] = ledger.SensitivityCost(rep.sensitivity["seconds"],
+                                                 rep.sensitivity["eval_s"])  # fmt: skip
+        rows += ledger.cost_rows(exp, rep.results, rep.test_acc, once)
         traces += ledger.trace_rows(rep.results)
         fidelity += [{**row, "seed": rep.seed} for row in rep.fidelity]
         served = sum(1 for method, _ in rep.results if method == "aqgan")
@@ -285,6 +300,12 @@ def _write_comparison(
                 "seed": rep.seed,
                 "run_dir": str(rep.run_dir.relative_to(run_dir)),
                 "one_time": one_time,
+                "sensitivity": None
+                if rep.sensitivity is None
+                else {
+                    **rep.sensitivity,
+                    "design_points": sum(1 for m, _ in rep.results if m == "ilp"),
+                },
                 "fidelity": str(fidelity_file) if rep.fidelity else None,
                 "fidelity_evaluations": len(rep.fidelity),
                 "collect": rep.collect,
@@ -324,6 +345,8 @@ def _write_comparison(
 
 def _notes(exp: Experiment, planned: list[design.Planned]) -> list[str]:
     """Where this run departs from the papers' protocol or its own design, for the report."""
+    from baselines import METHODS
+
     notes = [
         f"Design point(s) {', '.join(p.merged)} price every config as {p.label} does (same "
         f"ranking and budget): merged into it, so they count once."
@@ -342,10 +365,11 @@ def _notes(exp: Experiment, planned: list[design.Planned]) -> list[str]:
             "them); the paper's is 20."
         )
     if exp.design.search_hw or exp.design.search_budgets:
+        everywhere = [m.name for m in METHODS.values() if not m.searching]
         notes.append(
             "HAQ, Optuna and random search ran on a subset of the design points (hardware "
             f"{list(exp.design.search_hw) or 'all'}, budgets "
-            f"{list(exp.design.search_budgets) or 'all'}); AQGAN, store-best and uniform on "
-            "all of them."
+            f"{list(exp.design.search_budgets) or 'all'}); {', '.join(everywhere)} on all of "
+            "them."
         )
     return notes

@@ -1,5 +1,5 @@
 """The runner's accounting, on hand-made traces: design points and their subset, cost-to-match,
-and AQGAN's one-time cost shared by the design points it served."""
+and the one-time costs (AQGAN's, the ILP's sensitivity pass) shared by the points they served."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import pytest
 from aqgan_ray.cost import get_hw_model, parse_budget
 from aqgan_ray.errors import UserError
 from aqgan_ray.experiment.design import DesignWarning, Planned, design_points, runs_on
-from aqgan_ray.experiment.ledger import cost_rows, evaluations_to_match, one_time_cost, trace_rows
+from aqgan_ray.experiment.ledger import (
+    cost_rows,
+    evaluations_to_match,
+    one_time_cost,
+    sensitivity_cost,
+    trace_rows,
+)
 from aqgan_ray.search import DesignPoint, SearchResult
 from aqgan_ray.settings import load_experiment
 
@@ -84,8 +90,14 @@ def test_one_time_cost_is_shared_by_the_design_points_aqgan_served(smoke_layers)
         ("aqgan", points[0]): SearchResult([_row(0, 0.8), _row(1, 0.7)], 0, 2, 1.0),
         ("aqgan", points[1]): SearchResult([_row(0, 0.85)], 0, 1, 1.0),
         ("haq", points[0]): SearchResult([_row(0, 0.6), _row(1, 0.82), _row(2, 0.7)], 0, 3, 1.0),
+        ("ilp", points[0]): SearchResult([_row(0, 0.81)], 0, 1, 1.0, {"decide_s": 0.25}),
+        ("ilp", points[1]): SearchResult([_row(0, 0.83)], 0, 1, 1.0, {"decide_s": 0.5}),
     }
-    rows = cost_rows(exp, results, {"h0": 0.79, "h1": 0.8}, one)
+    # the sensitivity pass, 12 s, at the store's median of 4 s per evaluation: 3 evaluations
+    sensitivity = sensitivity_cost(12.0, store)
+    assert (sensitivity.evaluations, sensitivity.eval_cpu_s) == (3.0, 12.0)
+    once = {"aqgan": one, "ilp": sensitivity}
+    rows = cost_rows(exp, results, {"h0": 0.79, "h1": 0.8}, once)
     by = {(r["method"], r["budget_fraction"]): r for r in rows}
     aqgan = by[("aqgan", 0.4)]
     assert aqgan["evaluations"] == 2 and aqgan["amortized_evaluations"] == 2 + 3 / 2
@@ -95,8 +107,13 @@ def test_one_time_cost_is_shared_by_the_design_points_aqgan_served(smoke_layers)
     haq = by[("haq", 0.4)]
     assert haq["amortized_evaluations"] == haq["evaluations"] == 3
     assert haq["evaluations_to_match"] == 2  # reached AQGAN's 0.8 at its second evaluation
-    assert [r["method"] for r in rows] == ["aqgan", "aqgan", "haq"]
-    assert len(trace_rows(results)) == 6
+    assert math.isnan(haq["decide_s"])  # HAQ does not report it
+    ilp = by[("ilp", 0.4)]
+    assert ilp["evaluations"] == 1 and ilp["amortized_evaluations"] == 1 + 3.0 / 2
+    assert ilp["amortized_eval_cpu_s"] == 2.0 + 12.0 / 2 and ilp["decide_s"] == 0.25
+    assert ilp["amortized_wall_s"] == 3.0 + 12.0 / 2
+    assert [r["method"] for r in rows] == ["aqgan", "aqgan", "ilp", "ilp", "haq"]
+    assert len(trace_rows(results)) == 8
 
 
 def test_default_design_has_12_distinct_points():
