@@ -71,7 +71,7 @@ def test_seeds_are_distinct_non_negative_integers():
             check_seeds(bad)
 
 
-def test_the_tuning_table_sets_aqgan_against_uniform_and_the_store(cost):
+def test_the_tuning_table_sets_aqgan_against_uniform_the_store_and_the_ilp(cost):
     assert tuning_table(cost) is None  # no store-best rows: nothing to set against
     store = [
         {**_row("store", b, seed, acc), "origin": "store"}
@@ -87,3 +87,10 @@ def test_the_tuning_table_sets_aqgan_against_uniform_and_the_store(cost):
     # at 0.5x uniform (0.86 on average) and the store (0.86) beat AQGAN's 0.8533
     assert high["aqgan margin"] < 0 and high["aqgan origin"] == "generator+tuned"
     assert high["aqgan evals"] == 3
+    assert "ilp val" not in table
+    # the ILP beside them where it ran on the same points: its own column, the margin unchanged
+    ilp = [_row("ilp", b, seed, 0.88) for seed in (0, 1, 2) for b in (0.3, 0.5)]
+    table = tuning_table(pd.concat([with_store, pd.DataFrame(ilp)]))
+    assert table.iloc[0]["aqgan margin"] == pytest.approx(low["aqgan margin"])
+    assert table.iloc[0]["aqgan - ilp"] == pytest.approx(100 * (0.80 + 0.01 / 3 - 0.88))
+    assert table.iloc[1]["ilp test"] == pytest.approx(0.88)
