@@ -541,7 +541,7 @@ class Session:
         sensitivity = measure_sensitivity(
             prepared.folded_model(), prepared.layers, prepared.calibration, splits.calib_x,
             splits.calib_y, prepared.mean, prepared.std, probes=exp.baselines.ilp_probes,
-            seed=self.seed, keep_first_last=exp.quant.keep_first_last,
+            seed=self.seed, keep_first_last=exp.quant.keep_first_last, progress=self.progress,
         )  # fmt: skip
         write_json(path, {"key": key, "sensitivity": sensitivity.to_dict()})
         return sensitivity

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from aqgan_ray.config import PINNED_BITS, QuantConfig
 from aqgan_ray.data import normalize
@@ -52,6 +53,7 @@ from aqgan_ray.quant import Calibration, act_range, fake_quant_act, fake_quant_w
 from aqgan_ray.search import DesignPoint, Proposer
 
 SENSITIVITY_FORMAT = 1
+SOLVE_LIMIT_S = 60.0  # per solve; the design points here take about a second
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ def measure_sensitivity(
     seed: int,
     keep_first_last: bool = False,
     batch_size: int = 128,
+    progress: bool = False,
 ) -> Sensitivity:
     """HAWQ's sensitivity of every layer at every bitwidth, on the (BN-folded, float) ``model``
     and labelled calibration images; the model's parameters are left as they were."""
@@ -131,7 +134,8 @@ def measure_sensitivity(
     a_err = np.zeros((n, len(choices)))
     model.eval()
     try:
-        for lo in range(0, len(images), batch_size):
+        starts = range(0, len(images), batch_size)
+        for lo in tqdm(starts, desc="sensitivity", unit="batch", disable=not progress):
             x = normalize(images[lo : lo + batch_size], mean, std)
             loss = nn.functional.cross_entropy(model(x), labels[lo : lo + batch_size])
             acts = [captured[i] for i in acts_of]
@@ -284,9 +288,10 @@ class IntegerProgram:
             integrality=np.ones(len(self.vars)),
             bounds=Bounds(0, 1),
             constraints=constraints,
-            options={"mip_rel_gap": 0.0},
+            options={"mip_rel_gap": 0.0, "time_limit": SOLVE_LIMIT_S},
         )
-        return result.x if result.success and result.x is not None else None
+        # past the time limit, the best feasible solution found so far (status 1) is kept
+        return result.x if result.status in (0, 1) and result.x is not None else None
 
 
 class Ilp(Proposer):

@@ -163,9 +163,10 @@ def _replicate(r: Session, planned: list[design.Planned]) -> Replicate:
     if any(METHODS[method].needs_sensitivity for method, _ in results_by):
         sens = r.sensitivity()  # measured by the search stage; read back
         cost = ledger.sensitivity_cost(sens.seconds, store_rows)
+        served = sum(1 for method, _ in results_by if METHODS[method].needs_sensitivity)
         sensitivity = {"seconds": cost.seconds, "eval_s": cost.eval_s,
                        "evaluations": cost.evaluations, "images": sens.images,
-                       "probes": sens.probes}  # fmt: skip
+                       "probes": sens.probes, "design_points": served}  # fmt: skip
     return Replicate(r.seed, r.run_dir, results_by, test_acc, one, sensitivity, by_source,
                      collected, bool(trained), fidelity)  # fmt: skip
 
@@ -300,12 +301,7 @@ def _write_comparison(
                 "seed": rep.seed,
                 "run_dir": str(rep.run_dir.relative_to(run_dir)),
                 "one_time": one_time,
-                "sensitivity": None
-                if rep.sensitivity is None
-                else {
-                    **rep.sensitivity,
-                    "design_points": sum(1 for m, _ in rep.results if m == "ilp"),
-                },
+                "sensitivity": rep.sensitivity,
                 "fidelity": str(fidelity_file) if rep.fidelity else None,
                 "fidelity_evaluations": len(rep.fidelity),
                 "collect": rep.collect,
