@@ -345,13 +345,15 @@ def bench_sensitivity(
             for floor, used in (("se", sens), ("zero", clipped_at_zero(sens))):
                 for p in planned:
                     program = IntegerProgram(p.point, used)
-                    solution = program.next()
-                    [outcome] = service.evaluate([solution.config], source="bench")
+                    solution = program.next()  # None: nothing fits (parse_budget prevents it)
+                    configs = [] if solution is None else [solution.config]
+                    outcomes = service.evaluate(configs, source="bench")
                     rows.append({
                         "hw": p.hw_name, "metric": p.point.budget.metric,
                         "budget": p.point.budget.value, "budget_fraction": p.point.budget.relative,
                         "probes": count, "seed": seed, "floor": floor,
-                        "val_acc": outcome.val_acc, "objective": solution.objective,
+                        "val_acc": outcomes[0].val_acc if outcomes else float("nan"),
+                        "objective": solution.objective if solution else float("nan"),
                         "unresolved": int((traces < errors).sum()),
                         "negative": int((traces < 0).sum()),
                         "sensitivity_s": sens.seconds, "solve_s": program.solve_s,

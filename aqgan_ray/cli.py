@@ -186,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="evaluations to spend (default: the preset's baselines.evaluations; uniform: one "
-        "per fitting width; ilp: baselines.ilp_evaluations, the K best solutions verified)",
+        help="evaluations to spend (default: the preset's baselines.evaluations; uniform: at "
+        "most one per bit choice, it stops when done; ilp: baselines.ilp_evaluations, the N "
+        "best solutions verified)",
     )
     p.add_argument(
         "--batch",

@@ -519,7 +519,7 @@ class Session:
         import json
 
         from aqgan_ray.atomic import write_json
-        from baselines.ilp import Sensitivity, measure_sensitivity
+        from baselines.ilp import SENSITIVITY_FORMAT, Sensitivity, measure_sensitivity
 
         exp = self.experiment
         prepared, splits = self._prepare()
@@ -528,6 +528,7 @@ class Session:
             "calib_images": len(splits.calib_x),
             "probes": exp.baselines.ilp_probes,
             "seed": self.seed,
+            "format": SENSITIVITY_FORMAT,
         }
         path = self.run_dir / "sensitivity.json"
         try:
@@ -538,10 +539,14 @@ class Session:
             pass  # none yet, or another setup's, or damaged: measured again
         if splits.calib_y is None:
             raise UserError("the sensitivity pass needs labelled calibration images")
+        # an evaluator's threads, so that the pass's seconds count like evaluations' (a local
+        # pool evaluates in this process, with torch's default)
+        threads = max(1, int(self.cpus_per_worker)) if self.pool_kind == "ray" else None
         sensitivity = measure_sensitivity(
             prepared.folded_model(), prepared.layers, prepared.calibration, splits.calib_x,
             splits.calib_y, prepared.mean, prepared.std, probes=exp.baselines.ilp_probes,
-            seed=self.seed, keep_first_last=exp.quant.keep_first_last, progress=self.progress,
+            seed=self.seed, keep_first_last=exp.quant.keep_first_last, threads=threads,
+            progress=self.progress,
         )  # fmt: skip
         write_json(path, {"key": key, "sensitivity": sensitivity.to_dict()})
         return sensitivity
@@ -669,7 +674,7 @@ class Session:
         setup = SearchSetup(point, seed, folder, self.prepared.fp_val_acc, batch, exp,
                             sensitivity=sensitivity)  # fmt: skip
         proposer = spec.build(setup)
-        extra = method_identity(method, exp)
+        extra = method_identity(method, sensitivity)
         ident = search_identity(method, planned, service.store.eval_key, extra)
         with tqdm(total=evaluations, desc=method, unit="eval", file=sys.stderr,
                   disable=not self.progress) as bar:  # fmt: skip

@@ -240,8 +240,11 @@ def _validated(exp: Experiment) -> Experiment:
                 raise UserError(f"{section}.{f.name} must not be negative, got {val}")
     if exp.baselines.evaluations < 1:
         raise UserError("baselines.evaluations must be at least 1")
-    if exp.baselines.ilp_probes < 1 or exp.baselines.ilp_evaluations < 1:
-        raise UserError("baselines.ilp_probes and ilp_evaluations must be at least 1")
+    if exp.baselines.ilp_probes < 2 or exp.baselines.ilp_evaluations < 1:
+        raise UserError(
+            "baselines.ilp_probes must be at least 2 (the traces' standard error) and "
+            "ilp_evaluations at least 1"
+        )
     if min(exp.aqgan.steps, exp.aqgan.fidelity_top, exp.aqgan.verify_top, exp.aqgan.proposals) < 1:
         raise UserError("aqgan.steps, fidelity_top, verify_top and proposals must be at least 1")
     if exp.collect.round_size < 1:

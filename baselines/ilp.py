@@ -7,7 +7,8 @@ Sensitivity (HAWQ-V2/V3): quantizing layer i's weights to b bits raises the loss
 estimated with Hutchinson's method, ``E[v^T H v]`` over Rademacher probes ``v``) times the
 quantization perturbation, measured with the evaluator's own quantizers on the BN-folded model.
 The integer program picks one (w, a) per layer minimising ``sum_i Omega_w[i, w_i] + Omega_a[i,
-a_i]`` subject to the budget, solved exactly by HiGHS (``scipy.optimize.milp``). Every cost model
+a_i]`` subject to the budget, solved exactly by HiGHS (``scipy.optimize.milp``; a solve that
+reaches ``SOLVE_LIMIT_S`` keeps its best solution and is counted). Every cost model
 here is a sum of per-layer costs that depend only on that layer's bits (cost.py), so the budget is
 one linear constraint for any of them, lookup tables included; the config is priced again before
 it is asked for. The search space and the first/last-layer rule are the design point's.
@@ -34,7 +35,9 @@ Deviations from HAWQ-V3, each because our search space or protocol differs:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -52,7 +55,7 @@ from aqgan_ray.layers import Layer
 from aqgan_ray.quant import Calibration, act_range, fake_quant_act, fake_quant_weight
 from aqgan_ray.search import DesignPoint, Proposer
 
-SENSITIVITY_FORMAT = 1
+SENSITIVITY_FORMAT = 2
 SOLVE_LIMIT_S = 60.0  # per solve; the design points here take about a second
 
 
@@ -73,9 +76,16 @@ class Sensitivity:
     probes: int  # Rademacher probes per batch
     seed: int
     seconds: float  # wall seconds of the pass
+    threads: int  # torch's threads during it
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": SENSITIVITY_FORMAT, **asdict(self)}
+
+    @property
+    def digest(self) -> str:
+        """What the integer program reads, hashed: an ILP search belongs to one measurement."""
+        text = json.dumps([self.layers, self.bit_choices, self.weight, self.act])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Sensitivity:
@@ -102,10 +112,17 @@ def measure_sensitivity(
     seed: int,
     keep_first_last: bool = False,
     batch_size: int = 128,
+    threads: int | None = None,
     progress: bool = False,
 ) -> Sensitivity:
     """HAWQ's sensitivity of every layer at every bitwidth, on the (BN-folded, float) ``model``
-    and labelled calibration images; the model's parameters are left as they were."""
+    and labelled calibration images; the model's parameters are left as they were. ``threads``:
+    torch's threads for the pass (an evaluator's, so that its seconds compare with theirs)."""
+    if probes * -(-len(images) // batch_size) < 2:
+        raise ValueError("the traces' standard error needs at least two probes in all")
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     start = time.perf_counter()
     n, choices = len(layers), calibration.bit_choices
     modules = dict(model.named_modules())
@@ -156,22 +173,24 @@ def measure_sensitivity(
                     quantized = fake_quant_act(act, calibration.act_scale[i][bits], qmin, qmax)
                     a_err[i, j] += float((quantized - act).pow(2).sum())
             del grads, w_grads, a_grads, acts
+        with torch.no_grad():
+            w_err = np.array(
+                [
+                    [float((fake_quant_weight(w, scales[b], b) - w).pow(2).sum()) for b in choices]
+                    for w, scales in zip(weights, calibration.weight_scale, strict=True)
+                ]
+            )
+        seconds, used_threads = time.perf_counter() - start, torch.get_num_threads()
     finally:
         for h in handles:
             h.remove()
         for p, flag in zip(model.parameters(), was, strict=True):
             p.requires_grad_(flag)
+        torch.set_num_threads(saved_threads)
     samples = np.array(estimates)
     w_trace = samples.mean(axis=0)
     w_se = samples.std(axis=0, ddof=1) / np.sqrt(len(samples)) if len(samples) > 1 else 0 * w_trace
     a_fisher /= len(images)
-    with torch.no_grad():
-        w_err = np.array(
-            [
-                [float((fake_quant_weight(w, scales[b], b) - w).pow(2).sum()) for b in choices]
-                for w, scales in zip(weights, calibration.weight_scale, strict=True)
-            ]
-        )
     # a trace within its own noise counts at its standard error, not at zero: a layer whose
     # curvature the probes did not resolve is not free to quantize (docs/measurements.md)
     omega_w = np.maximum(w_trace, w_se)[:, None] * w_err
@@ -188,7 +207,8 @@ def measure_sensitivity(
         images=len(images),
         probes=probes,
         seed=seed,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
+        threads=used_threads,
     )
 
 
@@ -249,25 +269,30 @@ class IntegerProgram:
         self.one_per_layer[layer, rows] = 1.0
         self.cuts: list[np.ndarray] = []
         self.solve_s = 0.0
+        self.time_limited = 0  # solves stopped at SOLVE_LIMIT_S: their best, maybe not optimal
+        self.repaired = 0  # solutions rounding kept over budget, lowered by HAQ's enforcement
 
     def next(self) -> Solution | None:
         start = time.perf_counter()
         try:
             capacity = self.point.budget.value - self.base_cost
-            for _ in range(3):  # tightened when rounding let a sum slip over the budget
+            for attempt in range(3):  # tightened when rounding let a sum slip over the budget
                 x = self._solve(capacity)
-                if x is None:
+                if x is None:  # infeasible: every fitting config was returned
                     return None
-                chosen = [self.vars[j] for j in np.flatnonzero(x > 0.5)]
-                w = [w for _, w, _ in sorted(chosen)]
-                a = [a for _, _, a in sorted(chosen)]
+                chosen = x > 0.5
+                w = [w for (_, w, _), on in zip(self.vars, chosen, strict=True) if on]
+                a = [a for (_, _, a), on in zip(self.vars, chosen, strict=True) if on]
                 config = self.point.config(w, a)
                 cost = self.point.cost(config)
-                if self.point.fits(config):
-                    self.cuts.append(x > 0.5)
-                    return Solution(config, float(self.objective[x > 0.5].sum()), cost)
+                if self.point.fits(config) or attempt == 2:
+                    break
                 capacity -= cost - self.point.budget.value
-            return None
+            self.cuts.append(chosen)
+            if not self.point.fits(config):
+                config, self.repaired = self.point.repair(config), self.repaired + 1
+                cost = self.point.cost(config)
+            return Solution(config, float(self.objective[chosen].sum()), cost)
         finally:
             self.solve_s += time.perf_counter() - start
 
@@ -290,8 +315,11 @@ class IntegerProgram:
             constraints=constraints,
             options={"mip_rel_gap": 0.0, "time_limit": SOLVE_LIMIT_S},
         )
-        # past the time limit, the best feasible solution found so far (status 1) is kept
-        return result.x if result.status in (0, 1) and result.x is not None else None
+        if result.x is None:
+            return None
+        if result.status == 1:  # the time limit: its best feasible solution so far, counted
+            self.time_limited += 1
+        return result.x
 
 
 class Ilp(Proposer):
@@ -305,17 +333,18 @@ class Ilp(Proposer):
         self.program = IntegerProgram(point, sensitivity)
         self.solutions: list[Solution] = []
         self.asked = 0
-        self.solve_s = 0.0  # the solver's seconds, as first measured (a resume re-solves)
+        self.solve_s = 0.0  # the solver's seconds over the search, resumed runs summed
         self.exhausted = False
 
     def ask(self, n: int) -> list[QuantConfig]:
+        before = self.program.solve_s
         while len(self.solutions) < self.asked + n and not self.exhausted:
             solution = self.program.next()
             if solution is None:
                 self.exhausted = True
             else:
                 self.solutions.append(solution)
-        self.solve_s = max(self.solve_s, self.program.solve_s)
+        self.solve_s += self.program.solve_s - before
         out = self.solutions[self.asked : self.asked + n]
         self.asked += len(out)
         return [s.config for s in out]
@@ -327,9 +356,9 @@ class Ilp(Proposer):
         return {"asked": self.asked, "solve_s": self.solve_s}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        asked, self.solve_s = int(state["asked"]), float(state["solve_s"])
-        self.ask(asked)  # the same solutions again: the program is deterministic
-        self.asked = asked
+        asked = int(state["asked"])
+        self.ask(asked)  # the same solutions again (deterministic), their solves not recharged
+        self.asked, self.solve_s = asked, float(state["solve_s"])
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -339,4 +368,6 @@ class Ilp(Proposer):
             "sensitivity_images": self.sensitivity.images,
             "sensitivity_probes": self.sensitivity.probes,
             "objectives": [s.objective for s in self.solutions[: self.asked]],
+            "time_limited": self.program.time_limited,
+            "repaired": self.program.repaired,
         }

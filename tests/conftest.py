@@ -164,13 +164,13 @@ def collected(ray_cluster, smoke, tmp_path_factory: pytest.TempPathFactory) -> P
 def tiny_preset(tmp_path) -> str:
     """A preset file: smoke at test size, the same model and store (40 configs), AQGAN trained
     briefly, two design points, three evaluations per searching baseline, the ILP's
-    sensitivity from one probe per batch."""
+    sensitivity from two probes per batch."""
     from importlib import resources
 
     text = (resources.files("aqgan_ray") / "presets" / "smoke.toml").read_text()
     text = text.split("\n[baselines]")[0].replace("samples = 60", "samples = 40")
     text += (
-        "\n[baselines]\nevaluations = 3\nhaq_warmup = 1\nilp_probes = 1\n"
+        "\n[baselines]\nevaluations = 3\nhaq_warmup = 1\nilp_probes = 2\n"
         "[aqgan]\nsteps = 60\nfidelity_targets = 2\nfidelity_top = 1\nverify_top = 1\n"
         "proposals = 200\nrefine_rounds = 1\nrefine_targets = 2\n"
         '[design]\nhw = ["bismo-edge", "bitfusion"]\n'

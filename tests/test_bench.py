@@ -68,7 +68,7 @@ def test_bench_sensitivity_solves_every_design_point_per_setting(smoke, cache_di
 
     exp = smoke[0]
     with Session(exp, tmp_path, pool="local", cache_dir=cache_dir, progress=False) as s:
-        rows = pd.DataFrame(bench_sensitivity(s, probes=(1,), seeds=(0,)))
+        rows = pd.DataFrame(bench_sensitivity(s, probes=(2,), seeds=(0,)))
         stored = s.service.store.rows()
     assert len(rows) == 2 * 6 and set(rows["floor"]) == {"se", "zero"}
     assert rows["val_acc"].between(0, 1).all() and (rows["solve_s"] > 0).all()

@@ -155,8 +155,8 @@ def _merge_identical(
 
 
 def runs_on(method: str, planned: Planned, exp) -> bool:
-    """AQGAN, store-best and uniform run on every point; the searching methods (those that spend
-    ``baselines.evaluations``) on the preset's subset."""
+    """AQGAN, store-best, uniform and the ILP run on every point; the searching methods (those
+    that spend ``baselines.evaluations``) on the preset's subset."""
     if not METHODS[method].searching:
         return True
     design = exp.design
@@ -188,11 +188,11 @@ def identity(method: str, planned: Planned, eval_key: str, extra: dict | None = 
     }
 
 
-def method_identity(method: str, exp) -> dict | None:
+def method_identity(method: str, sensitivity=None) -> dict | None:
     """What a method's search depends on beyond the design point and the store: the ILP on
-    the settings of its sensitivity pass."""
+    the sensitivity it solved with."""
     if METHODS[method].needs_sensitivity:
-        return {"sensitivity_probes": exp.baselines.ilp_probes}
+        return {"sensitivity": sensitivity.digest}
     return None
 
 
@@ -201,8 +201,9 @@ def file_digest(path: Path) -> str:
 
 
 def discard_stale(folder: Path, wanted: dict) -> None:
-    """AQGAN's searches belong to one checkpoint: after retraining, their folders are
-    regenerated (their verifications come back from the store) instead of refused."""
+    """AQGAN's searches belong to one checkpoint, the ILP's to one sensitivity setting: when
+    those change, their folders are regenerated (their evaluations come back from the store)
+    instead of refused."""
     stored = read_identity(folder)
     if stored is not None and stored != wanted:
         shutil.rmtree(folder)

@@ -58,10 +58,10 @@ class OneTime:
 
 @dataclass(frozen=True)
 class SensitivityCost:
-    """The ILP's one-time cost: its sensitivity pass. It runs in the driver, not on an
-    evaluator, so it is counted in evaluations at the median seconds of one evaluation of this
-    store (the same model; on a cluster whose evaluators are faster than the driver, that
-    overstates it)."""
+    """The ILP's one-time cost: its sensitivity pass. It runs in the driver with an evaluator's
+    threads, and is counted in evaluations at the median seconds of one evaluation of this
+    store (the same model; on evaluators faster than the driver, a GPU, that overstates it).
+    Its properties are ``OneTime``'s, which the ledger reads."""
 
     seconds: float
     eval_s: float  # median evaluator seconds of one evaluation in the store

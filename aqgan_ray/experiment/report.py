@@ -2,7 +2,8 @@
 ``aqgan-ray report`` can rebuild it at any time, and ``compare`` across runs.
 
 Plots (matplotlib, Agg): accuracy reached against the budget per hardware model and method;
-search cost per design point per method (log scale, AQGAN marginal and amortized); AQGAN's
+search cost per design point per method (log scale; marginal and amortized for the methods with
+a one-time cost, AQGAN, store-best and the ILP); AQGAN's
 target against achieved accuracy; anytime curves (best within budget against evaluations) where
 the searching baselines ran.
 """
@@ -395,22 +396,7 @@ def build(run_dir: Path) -> Path:
             ]
         passes = [r["sensitivity"] for r in reps if r.get("sensitivity")]
         if passes:
-            mean = {k: sum(p[k] for p in passes) / len(passes) for k in ("seconds", "evaluations")}
-            solve = cost.loc[cost["method"] == "ilp", "decide_s"] if "decide_s" in cost else None
-            lines += [
-                f"The ILP's one-time cost per seed (mean of {len(passes)}): its sensitivity pass "
-                f"on {passes[0]['images']} calibration images ({passes[0]['probes']} Hutchinson "
-                f"probes per batch), {mean['seconds']:.0f} s in the driver, counted as "
-                f"{mean['evaluations']:.1f} evaluations at the store's median evaluation time, "
-                f"shared by {passes[0]['design_points']} design points"
-                + (
-                    f"; each point then solves its integer program in {solve.mean():.2f} s "
-                    "on average and verifies what it found."
-                    if solve is not None and solve.notna().any()
-                    else "."
-                ),
-                "",
-            ]
+            lines += [_sensitivity_line(passes, cost), ""]
         for note in summary.get("notes", []):
             lines += [f"*Note:* {note}", ""]
     lines += _comparison_sections(cost, chance)
@@ -453,6 +439,28 @@ def build(run_dir: Path) -> Path:
     for title, path in plots.items():
         lines += [f"## {title[0].upper()}{title[1:]}", "", f"![{title}]({path.name})", ""]
     return write_text(run_dir / "report.md", "\n".join(lines))
+
+
+def _sensitivity_line(passes: list[dict[str, Any]], cost: pd.DataFrame) -> str:
+    """The ILP's one-time cost: its sensitivity pass per seed, and its solves per point."""
+    first = passes[0]
+    seconds = sum(p["seconds"] for p in passes) / len(passes)
+    evaluations = sum(p["evaluations"] for p in passes) / len(passes)
+    threads = f" on {first['threads']} thread(s)" if "threads" in first else ""
+    solves = cost.loc[cost["method"] == "ilp", "decide_s"] if "decide_s" in cost else None
+    solved = (
+        f"; each point then solves its integer program ({solves.mean():.2f} s on average) and "
+        "verifies what it found"
+        if solves is not None and solves.notna().any()
+        else ""
+    )
+    return (
+        f"The ILP's one-time cost per seed (mean of {len(passes)}): its sensitivity pass on "
+        f"{first['images']} calibration images ({first['probes']} Hutchinson probes per batch), "
+        f"{seconds:.0f} s in the driver{threads}, counted as {evaluations:.1f} evaluations at "
+        f"the store's median evaluation time, shared by {first['design_points']} design "
+        f"points{solved}."
+    )
 
 
 def _comparison_sections(cost: pd.DataFrame, chance: float | None) -> list[str]:

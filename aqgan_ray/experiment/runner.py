@@ -166,7 +166,8 @@ def _replicate(r: Session, planned: list[design.Planned]) -> Replicate:
         served = sum(1 for method, _ in results_by if METHODS[method].needs_sensitivity)
         sensitivity = {"seconds": cost.seconds, "eval_s": cost.eval_s,
                        "evaluations": cost.evaluations, "images": sens.images,
-                       "probes": sens.probes, "design_points": served}  # fmt: skip
+                       "probes": sens.probes, "threads": sens.threads,
+                       "design_points": served}  # fmt: skip
     return Replicate(r.seed, r.run_dir, results_by, test_acc, one, sensitivity, by_source,
                      collected, bool(trained), fidelity)  # fmt: skip
 
@@ -228,7 +229,7 @@ def _search_stage(
         if method.one_time:  # built from this checkpoint's training rows: redone with them
             extra = {"checkpoint": digest, "tuning": TUNING}
         else:
-            extra = design.method_identity(method.name, exp)
+            extra = design.method_identity(method.name, sensitivity)
         ident = design.identity(method.name, p, service.store.eval_key, extra)
         if extra is not None:  # derived from this run's own stages: redone when they change
             design.discard_stale(folder, ident)

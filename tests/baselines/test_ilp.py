@@ -38,6 +38,7 @@ def _sensitivity(layers, choices, seed=0) -> Sensitivity:
         probes=1,
         seed=seed,
         seconds=0.0,
+        threads=1,
     )
 
 
@@ -115,9 +116,12 @@ def test_the_proposer_resumes_where_it_stopped(point_at, smoke_layers):
     asked = first.ask(1)
     assert point.fits(asked[0])
     first.tell(asked, [0.5])
+    state = first.state_dict()
     resumed = Ilp(point, sens)
-    resumed.load_state_dict(first.state_dict())
+    resumed.load_state_dict(state)
+    assert resumed.solve_s == state["solve_s"]  # the replayed solve is not charged again
     assert resumed.ask(1) == first.ask(1) != asked
+    assert resumed.solve_s > state["solve_s"]  # the new one is
     summary = first.summary()
     assert summary["solve_s"] == summary["decide_s"] > 0 and len(summary["objectives"]) == 2
     with pytest.raises(ValueError, match="another layer table"):
@@ -184,6 +188,7 @@ def test_the_sensitivity_pass_estimates_the_exact_traces_and_gradients():
                                 seed=0, batch_size=64, keep_first_last=True)  # fmt: skip
     assert again.weight == sens.weight and again.act[0] == (0.0, 0.0, 0.0)  # the image
     assert Sensitivity.from_dict(sens.to_dict()) == sens
+    assert Sensitivity.from_dict(sens.to_dict()).digest == sens.digest != again.digest
     # an unresolved trace counts at its standard error; clipped at zero, its layer would be free
     traces, errors = np.array(sens.weight_trace), np.array(sens.weight_trace_se)
     assert np.allclose(omega_w, np.maximum(traces, errors)[:, None] * sens.weight_error)
