@@ -339,7 +339,7 @@ def bench_sensitivity(
             sens = measure_sensitivity(
                 prepared.folded_model(), prepared.layers, prepared.calibration, splits.calib_x,
                 splits.calib_y, prepared.mean, prepared.std, probes=count, seed=seed,
-                keep_first_last=exp.quant.keep_first_last,
+                keep_first_last=exp.quant.keep_first_last, threads=session.evaluator_threads,
             )  # fmt: skip
             traces, errors = np.array(sens.weight_trace), np.array(sens.weight_trace_se)
             for floor, used in (("se", sens), ("zero", clipped_at_zero(sens))):

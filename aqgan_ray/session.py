@@ -512,6 +512,13 @@ class Session:
         kept = {r["config_hash"] for r in refine_log(self.run_dir, eval_key)}
         return tuple(r for r in training_rows(rows, kept) if r.get("eval_key") == eval_key)
 
+    @property
+    def evaluator_threads(self) -> int | None:
+        """Torch's threads in one evaluator: a Ray actor's CPUs; None for the local pool, which
+        evaluates in this process with torch's default. Work done in the driver on them (the
+        ILP's sensitivity pass) costs seconds comparable with an evaluation's."""
+        return max(1, int(self.cpus_per_worker)) if self.pool_kind == "ray" else None
+
     def sensitivity(self) -> Sensitivity:
         """The ILP baseline's layer sensitivity for this seed (``baselines/ilp.py``), measured
         in this process on the calibration images and kept in ``sensitivity.json``; its
@@ -539,13 +546,11 @@ class Session:
             pass  # none yet, or another setup's, or damaged: measured again
         if splits.calib_y is None:
             raise UserError("the sensitivity pass needs labelled calibration images")
-        # an evaluator's threads, so that the pass's seconds count like evaluations' (a local
-        # pool evaluates in this process, with torch's default)
-        threads = max(1, int(self.cpus_per_worker)) if self.pool_kind == "ray" else None
         sensitivity = measure_sensitivity(
             prepared.folded_model(), prepared.layers, prepared.calibration, splits.calib_x,
             splits.calib_y, prepared.mean, prepared.std, probes=exp.baselines.ilp_probes,
-            seed=self.seed, keep_first_last=exp.quant.keep_first_last, threads=threads,
+            seed=self.seed, keep_first_last=exp.quant.keep_first_last,
+            threads=self.evaluator_threads,
             progress=self.progress,
         )  # fmt: skip
         write_json(path, {"key": key, "sensitivity": sensitivity.to_dict()})
