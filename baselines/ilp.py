@@ -26,8 +26,8 @@ Deviations from HAWQ-V3, each because our search space or protocol differs:
   of PyHessian's tolerance loop. Per-layer estimates are noisy (their standard error is a third
   of their size at 32 probes), so an estimate below its standard error counts at that error:
   clipped at zero instead, a layer whose curvature the probes did not resolve was free to take
-  2 bits, and the ILP's pick fell to 0.59 on the smoke points (docs/measurements.md,
-  "Sensitivity + ILP", where the probe count was chosen).
+  2 bits, and the ILP's picks fell to 0.20-0.74 on the smoke points at 4-16 probes
+  (docs/measurements.md, "Sensitivity + ILP", where the probe count was chosen).
 - *HiGHS, not PuLP/CBC*; ``--evaluations K`` verifies the K best solutions (each next one the
   optimum with the earlier ones cut off), and the most accurate on validation is its choice.
 - *No fine-tuning after the choice* beyond the evaluator's protocol, the same for every method.
