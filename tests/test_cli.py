@@ -482,7 +482,7 @@ def test_baseline_ilp_one_evaluation_with_its_costs(inproc, tmp_path, ray_cluste
     )
     saved = tmp_path / "smoke" / "sensitivity.json"
     stamp = saved.stat().st_mtime_ns
-    other = _inproc_ok(inproc(*args[:6], "latency_ms=0.6x", *args[7:], "--evaluations", "3"))
+    other = _inproc_ok(inproc(*args[:7], "latency_ms=0.6x", *args[8:], "--evaluations", "3"))
     assert saved.stat().st_mtime_ns == stamp  # measured once per seed
     assert (
         other["evaluations"] == 3
@@ -600,7 +600,7 @@ def test_run_end_to_end_then_resume_reproduces_the_tables(
     assert code == 0 and json.loads(stdout)["report"] == str(run_dir / "report.md")
     code, stdout, _ = inproc("compare", str(run_dir), str(run_dir), "--json")
     rows = json.loads(stdout)["rows"]
-    assert code == 0 and len(rows) == 12 and {r["method"] for r in rows} >= {"aqgan", "haq"}
+    assert code == 0 and len(rows) == 14 and {r["method"] for r in rows} >= {"aqgan", "haq", "ilp"}
 
 
 def test_run_bad_input(main_error, tmp_path):

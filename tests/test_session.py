@@ -86,7 +86,9 @@ def test_the_contract_example_runs_in_process_without_ray(
     assert out["trace_rows"] == 4 and {"val_acc", "within_budget"} <= set(out["trace_columns"])
     assert 0 < out["best_val"] <= 1 and out["verified"] == 1
     assert not out["ray_after_session"] and not out["ray_after_run"]
-    assert out["search_cost_methods"] == ["aqgan", "haq", "optuna", "random", "store", "uniform"]
+    assert out["search_cost_methods"] == [
+        "aqgan", "haq", "ilp", "optuna", "random", "store", "uniform"
+    ]  # fmt: skip
     assert (tmp_path / "results" / "smoke" / "report.md").is_file()
     assert out["latency"][0] < out["latency"][1] and out["budget"] == pytest.approx(
         0.75 * out["latency"][1]
