@@ -37,7 +37,14 @@ KUBERAY_MANIFESTS = {
     "rayjob.yaml": "RayJob",
 }
 RAY_IMAGE = re.compile(r"rayproject/ray:([\w.-]+)")
-TOKEN_SECRET = {"name": "aqgan-ray-auth", "key": "auth_token"}
+TOKEN_SECRET = "aqgan-ray-auth"
+TOKEN_PATH = "/etc/aqgan-ray/auth_token"
+# The documentation range (RFC 5737) that stands for the user's own address range everywhere.
+PLACEHOLDER_CIDR = "203.0.113.0/24"
+AWS_GROUP_PLACEHOLDER = "sg-REPLACE-ME"
+GCP_TAG = "aqgan-ray"
+POD_LABEL = {"app.kubernetes.io/part-of": "aqgan-ray"}
+RAY_USER = {"runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100}
 RAYJOB_ENTRYPOINT = "aqgan-ray run --experiment default --address auto --results /results"
 
 
@@ -87,7 +94,7 @@ def _containers(name: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def test_the_expected_files_exist():
     assert {p.name for p in LAUNCHER_CONFIGS} >= {"local.yaml", "aws.yaml", "gcp.yaml"}
-    for name in KUBERAY_MANIFESTS:
+    for name in [*KUBERAY_MANIFESTS, "networkpolicy.yaml"]:
         assert (CLUSTERS / "kuberay" / name).is_file()
     assert (CLUSTERS / "Dockerfile").is_file()
 
@@ -133,6 +140,96 @@ def test_launcher_config_turns_on_token_auth_on_every_node(path: Path):
 
 
 @pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
+def test_launcher_config_makes_the_token_private_on_every_node(path: Path):
+    config = _prepared(path)
+    for role in ("head", "worker"):
+        setup = config[f"{role}_setup_commands"]
+        assert setup[0] == "chmod 600 ~/.ray/auth_token", (role, setup)
+
+
+@pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
+def test_launcher_config_opens_nothing_to_the_world(path: Path):
+    """No value (comments aside) of the config names the whole IPv4 or IPv6 internet."""
+    dumped = yaml.safe_dump(_launcher_config(path))
+    assert "0.0.0.0/0" not in dumped and "::/0" not in dumped
+
+
+def test_aws_nodes_use_the_locked_down_group():
+    """Ray 2.60 opens SSH to 0.0.0.0/0 on any group it creates itself, so every node type names
+    the user's group; the placeholder fails `ray up` until it is replaced."""
+    config = _prepared(CLUSTERS / "aws.yaml")
+    assert "security_group" not in config["provider"]
+    for name, node_type in config["available_node_types"].items():
+        assert node_type["node_config"]["SecurityGroupIds"] == [AWS_GROUP_PLACEHOLDER], name
+
+
+def test_gcp_nodes_carry_the_firewall_tag():
+    config = _prepared(CLUSTERS / "gcp.yaml")
+    for name, node_type in config["available_node_types"].items():
+        assert node_type["node_config"]["tags"]["items"] == [GCP_TAG], name
+
+
+def _security_section() -> str:
+    readme = (CLUSTERS / "README.md").read_text()
+    return readme.split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _shell_lines(text: str) -> list[list[str]]:
+    blocks = re.findall(r"^[ \t]*```sh\n(.*?)^[ \t]*```", text, re.M | re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [tokens for line in lines if (tokens := shlex.split(line, comments=True))]
+
+
+def _option(tokens: list[str], name: str) -> str | None:
+    return tokens[tokens.index(name) + 1] if name in tokens else None
+
+
+def test_readme_firewall_commands_admit_only_the_placeholder_range():
+    """The documented AWS and GCP rules: the user's range (a placeholder to replace) on SSH only,
+    everything else from the cluster's own nodes; 0.0.0.0/0 only in the GCP deny rule."""
+    section = _security_section()
+    assert f"MY_CIDR={PLACEHOLDER_CIDR}" in section and "RFC 5737" in section
+    commands = _shell_lines(section)
+    aws = [
+        t for t in commands if t[:2] == ["aws", "ec2"] and "authorize-security-group-ingress" in t
+    ]
+    assert len(aws) == 2, aws
+    for tokens in aws:
+        if _option(tokens, "--cidr") is not None:
+            assert _option(tokens, "--cidr") == "$MY_CIDR" and _option(tokens, "--port") == "22"
+        else:
+            assert _option(tokens, "--source-group") == _option(tokens, "--group-id") == "$SG"
+    gcp = [t for t in commands if t[:4] == ["gcloud", "compute", "firewall-rules", "create"]]
+    assert len(gcp) == 3, gcp
+    for tokens in gcp:
+        assert _option(tokens, "--target-tags") == GCP_TAG
+        ranges = _option(tokens, "--source-ranges")
+        if _option(tokens, "--action") == "DENY":
+            assert ranges == "0.0.0.0/0" and _option(tokens, "--rules") == "all"
+        elif ranges is not None:
+            assert ranges == "$MY_CIDR" and _option(tokens, "--rules") == "tcp:22"
+        else:
+            assert _option(tokens, "--source-tags") == GCP_TAG
+    allows = [int(_option(t, "--priority")) for t in gcp if _option(t, "--action") == "ALLOW"]
+    deny = [int(_option(t, "--priority")) for t in gcp if _option(t, "--action") == "DENY"]
+    assert max(allows) < min(deny) < 65534  # GCP: the lowest number wins
+
+
+def test_readme_documents_the_security_placeholders():
+    section = _security_section()
+    for needed in (
+        AWS_GROUP_PLACEHOLDER,
+        PLACEHOLDER_CIDR,
+        "chmod 600 ~/.ray/auth_token",
+        "defaultMode: 0400",
+        "networkpolicy.yaml",
+        "kuberay-operator",
+        "uid 1000",
+    ):
+        assert needed in section, needed
+
+
+@pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
 def test_launcher_cluster_has_a_fixed_size(path: Path):
     """The evaluator pool is sized from the nodes alive when a run starts: no autoscaling."""
     config = _prepared(path)
@@ -175,11 +272,81 @@ def test_kuberay_autoscaler_reads_the_cluster_spec(name: str):
 
 @pytest.mark.parametrize("name", KUBERAY_MANIFESTS)
 def test_kuberay_token_auth_on_every_container(name: str):
+    """Every container gets the token as a file only its user can read (the Secret mounted with
+    mode 0400), never as an environment variable."""
+    pods = dict(_pod_specs(name))
     for where, container in _containers(name):
         env = {e["name"]: e for e in container.get("env", [])}
         assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", where
-        secret = env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
-        assert secret == TOKEN_SECRET, where
+        assert "RAY_AUTH_TOKEN" not in env, where
+        assert env["RAY_AUTH_TOKEN_PATH"]["value"] == TOKEN_PATH, where
+        volumes = {v["name"]: v for v in pods[where.split()[1].split("/")[0]].get("volumes", [])}
+        mount = next(m for m in container["volumeMounts"] if TOKEN_PATH.startswith(m["mountPath"]))
+        assert mount["readOnly"] is True, where
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == TOKEN_SECRET, where
+        assert secret["defaultMode"] == 0o400, where
+        assert Path(TOKEN_PATH).relative_to(mount["mountPath"]).as_posix() == "auth_token"
+
+
+@pytest.mark.parametrize("name", KUBERAY_MANIFESTS)
+def test_kuberay_pods_run_as_the_image_user_without_privileges(name: str):
+    for where, pod in _pod_specs(name):
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True, where
+        assert {k: context[k] for k in RAY_USER} == RAY_USER, where
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where
+    for where, container in _containers(name):
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False, where
+        assert context["capabilities"] == {"drop": ["ALL"]}, where
+        assert "privileged" not in context and "runAsUser" not in context, where
+
+
+def test_dockerfile_runs_as_the_user_of_the_securitycontext():
+    lines = (CLUSTERS / "Dockerfile").read_text().splitlines()
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users[-1] == f"{RAY_USER['runAsUser']}:{RAY_USER['runAsGroup']}"
+    assert 'RUN test "$(id -u ray):$(id -g ray)" = "1000:100"' in lines
+
+
+def _network_policy() -> dict[str, Any]:
+    docs = list(yaml.safe_load_all((CLUSTERS / "kuberay" / "networkpolicy.yaml").read_text()))
+    assert [d["kind"] for d in docs] == ["NetworkPolicy"]
+    return docs[0]
+
+
+def test_networkpolicy_selects_every_aqgan_ray_pod():
+    policy = _network_policy()
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector == POD_LABEL
+    for name in KUBERAY_MANIFESTS:
+        spec = _ray_cluster_spec(name)
+        templates = [spec["headGroupSpec"]["template"]]
+        templates += [group["template"] for group in spec["workerGroupSpecs"]]
+        job = _manifest(name).get("RayJob")
+        if job is not None:
+            templates.append(job["spec"]["submitterPodTemplate"])
+        for template in templates:
+            labels = template["metadata"]["labels"]
+            assert labels.items() >= selector.items(), (name, template)
+
+
+def test_networkpolicy_admits_the_cluster_and_placeholders_only():
+    spec = _network_policy()["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    internal, external = spec["ingress"]
+    assert internal == {"from": [{"podSelector": {"matchLabels": POD_LABEL}}]}
+    assert sorted(p["port"] for p in external["ports"]) == [8265, 10001]
+    assert all(p["protocol"] == "TCP" for p in external["ports"])
+    sources = external["from"]
+    blocks = [s["ipBlock"]["cidr"] for s in sources if "ipBlock" in s]
+    assert blocks == [PLACEHOLDER_CIDR]
+    namespaces = [s["namespaceSelector"] for s in sources if "namespaceSelector" in s]
+    assert namespaces == [{"matchLabels": {"kubernetes.io/metadata.name": "kuberay-operator"}}]
+    text = (CLUSTERS / "kuberay" / "networkpolicy.yaml").read_text()
+    assert "0.0.0.0/0" not in text and "placeholder" in text
 
 
 @pytest.mark.parametrize("name", KUBERAY_MANIFESTS)
