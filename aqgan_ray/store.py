@@ -11,6 +11,10 @@ then renamed), so a reader never sees a half-written file and an interrupted wri
 was there intact. Part files are never rewritten in place: several drivers may append to one
 store at once, and a reader merges the parts and keeps the first evaluation of each config
 hash.
+
+A part is set aside (``quarantine_unreadable``) only when its bytes are not a Parquet file of
+this store: a read that fails for the machine's reasons (permissions, an I/O error) is refused
+with one line and renames nothing, and a part another driver compacted away is simply gone.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aqgan_ray.atomic import write_atomic
+from aqgan_ray.atomic import clean_stale_temps, fsync_dir, write_atomic
 from aqgan_ray.errors import UserError
 
 # Bump when a column changes meaning or type; a store of another version is refused, not guessed.
@@ -118,6 +122,9 @@ def _write_atomic(table: pa.Table, path: Path) -> Path:
 
 @dataclass(frozen=True)
 class SkippedPart:
+    """A part whose bytes are not a readable Parquet file of this store (truncated, bad magic,
+    no aqgan-ray schema version): skipped, and set aside by ``quarantine_unreadable``."""
+
     path: Path
     reason: str
 
@@ -129,9 +136,14 @@ class EvaluationStore:
     another one; opened with ``eval_key=None`` it only reads (reports, comparisons).
 
     ``add`` buffers rows and writes a part file every ``flush_rows`` rows or ``flush_s``
-    seconds, and on ``flush``/``close`` (also when leaving a ``with`` block on Ctrl-C), so a
-    run of thousands of evaluations makes a few dozen files, and a killed driver loses at most
-    the last few seconds of results, which the next run evaluates again.
+    seconds, and on ``flush``/``close``, so a run of thousands of evaluations makes a few dozen
+    files. Leaving a ``with`` block flushes on any exception, ``KeyboardInterrupt`` and a
+    SIGTERM turned into an exception included, so such a stop loses only evaluations in
+    flight; a SIGKILL or power cut also loses the rows buffered since the last part (at most
+    ``flush_rows``), which the next run evaluates again.
+
+    A writable store (``eval_key`` given) removes temporary files killed writers left in its
+    folder when it opens (``atomic.clean_stale_temps``).
     """
 
     def __init__(
@@ -150,6 +162,8 @@ class EvaluationStore:
         self._rows: dict[str, dict[str, Any]] = {}
         self._buffer: list[dict[str, Any]] = []
         self._last_flush = time.monotonic()
+        if eval_key is not None and self.root.is_dir():
+            clean_stale_temps(self.root)
         self._load(warn)
 
     # -- reading ---------------------------------------------------------------------------
@@ -160,10 +174,7 @@ class EvaluationStore:
 
     def _load(self, warn: bool) -> None:
         rows: list[dict[str, Any]] = []
-        for path in self._parts():
-            table = self._read_part(path)
-            if table is None:
-                continue
+        for _, table in self._read_parts():
             self.parts_read += 1
             rows.extend(table.to_pylist())
         if warn:
@@ -184,29 +195,65 @@ class EvaluationStore:
         for row in rows:
             self._rows.setdefault(row["config_hash"], row)
 
+    def _read_parts(self) -> Iterator[tuple[Path, pa.Table]]:
+        """(path, table) of every readable part. A part that vanishes while being read was
+        compacted by another driver into a new part: the folder is listed again for it."""
+        seen: set[Path] = set()
+        pending = self._parts()
+        while pending:
+            vanished = False
+            for path in pending:
+                seen.add(path)
+                try:
+                    table = self._read_part(path)
+                except FileNotFoundError:
+                    vanished = True
+                    continue
+                if table is not None:
+                    yield path, table
+            pending = [p for p in self._parts() if p not in seen] if vanished else []
+
     def _read_part(self, path: Path) -> pa.Table | None:
+        """The part's rows, or None when its bytes are no Parquet file of this store (recorded
+        in ``skipped``). Raises FileNotFoundError if it is gone, and ``UserError`` when it
+        cannot be read (permissions, I/O error: the part may be fine, so nothing is renamed)
+        or holds another schema version or other columns (refused, not guessed)."""
         try:
-            schema = pq.read_schema(path)
+            data = path.read_bytes()  # read here, so that any OSError is the machine's
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise UserError(
+                f"cannot read store part {path} ({exc.strerror or exc}); fix its permissions "
+                "or the disk and run again"
+            ) from None
+        # From here on the bytes are in memory: every error is the file's format.
+        try:
+            schema = pq.read_schema(pa.BufferReader(data))
         except (OSError, pa.ArrowException) as exc:
-            self.skipped.append(SkippedPart(path, _reason(exc)))
+            self._skip(path, _reason(exc))
             return None
         version = (schema.metadata or {}).get(_VERSION_KEY)
-        if version is not None and version != str(SCHEMA_VERSION).encode():
+        if version is None:
+            self._skip(path, "no aqgan-ray schema version")
+            return None
+        if version != str(SCHEMA_VERSION).encode():
             raise UserError(
                 f"store part {path} was written with evaluation schema version "
                 f"{version.decode(errors='replace')}, but this aqgan-ray reads version "
                 f"{SCHEMA_VERSION}; use the aqgan-ray that wrote it, or another --results "
                 "directory"
             )
+        _check_columns(path, schema)
         try:
-            table = pq.read_table(path, schema=EVALUATION_SCHEMA)
+            return pq.read_table(pa.BufferReader(data), schema=EVALUATION_SCHEMA)
         except (OSError, pa.ArrowException) as exc:
-            self.skipped.append(SkippedPart(path, _reason(exc)))
+            self._skip(path, _reason(exc))
             return None
-        if version is None:
-            self.skipped.append(SkippedPart(path, "no aqgan-ray schema version"))
-            return None
-        return table
+
+    def _skip(self, path: Path, reason: str) -> None:
+        if all(s.path != path for s in self.skipped):
+            self.skipped.append(SkippedPart(path, reason))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -260,8 +307,10 @@ class EvaluationStore:
         }
         if config_hash in self._rows:
             return self._rows[config_hash]
-        self._rows[config_hash] = row
+        # Buffered before it is known: a stop between the two lines (a signal's exception)
+        # then at worst writes a row twice, never marks as stored a row nothing will write.
         self._buffer.append(row)
+        self._rows[config_hash] = row
         if (
             len(self._buffer) >= self.flush_rows
             or time.monotonic() - self._last_flush >= self.flush_s
@@ -274,25 +323,44 @@ class EvaluationStore:
         self._last_flush = time.monotonic()
         if not self._buffer:
             return None
-        path = self._write_part(self._buffer)
-        self._buffer = []
-        return path
+        rows, path = self._buffer, self._part_path()
+        try:
+            self._buffer = []
+            return self._write_part(rows, path)
+        except BaseException:
+            # Stopped (a signal's exception, a full disk): the rows are kept for the next
+            # flush (``__exit__``'s) unless the part was already renamed into place, which
+            # would write them twice.
+            if not path.exists():
+                self._buffer = rows
+            raise
 
-    def _write_part(self, rows: Iterable[Mapping[str, Any]]) -> Path:
+    def _part_path(self) -> Path:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        path = self.root / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
-        return _write_atomic(pa.Table.from_pylist(list(rows), schema=EVALUATION_SCHEMA), path)
+        return self.root / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+
+    def _write_part(self, rows: Iterable[Mapping[str, Any]], path: Path | None = None) -> Path:
+        table = pa.Table.from_pylist(list(rows), schema=EVALUATION_SCHEMA)
+        return _write_atomic(table, path or self._part_path())
 
     def quarantine_unreadable(self) -> list[Path]:
-        """Rename unreadable parts to ``*.corrupt``: kept for inspection, no longer read."""
+        """Rename parts whose bytes are unreadable (``skipped``) to ``*.corrupt``: kept for
+        inspection, no longer read. The folder is synced, so the renames survive a crash."""
         moved = []
         for skipped in self.skipped:
             target = skipped.path.with_name(skipped.path.name + ".corrupt")
             try:
                 os.replace(skipped.path, target)
-            except FileNotFoundError:
+            except FileNotFoundError:  # another driver set it aside first
                 continue
+            except OSError as exc:
+                raise UserError(
+                    f"cannot set aside unreadable store part {skipped.path} "
+                    f"({exc.strerror or exc}); move it out of {self.root} by hand"
+                ) from None
             moved.append(target)
+        if moved:
+            fsync_dir(self.root)
         return moved
 
     def compact(self) -> Path | None:
@@ -305,19 +373,18 @@ class EvaluationStore:
         # Merge what the files hold now, not this object's view: another driver may have
         # appended since this store was opened, and only parts read here may be deleted.
         tables, parts = [], []
-        for path in self._parts():
-            table = self._read_part(path)
-            if table is not None:
-                tables.append(table)
-                parts.append(path)
+        for path, table in self._read_parts():
+            tables.append(table)
+            parts.append(path)
         if len(parts) < 2:
             return None
         first: dict[str, dict[str, Any]] = {}
         for row in sorted(pa.concat_tables(tables).to_pylist(), key=lambda r: r["created_at"]):
             first.setdefault(row["config_hash"], row)
-        merged = self._write_part(first.values())
+        merged = self._write_part(first.values())  # durable (file and folder synced) first
         for part in parts:
             part.unlink(missing_ok=True)
+        fsync_dir(self.root)  # else a power cut may bring parts back: harmless, read once
         return merged
 
     def close(self) -> None:
@@ -328,6 +395,26 @@ class EvaluationStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_columns(path: Path, schema: pa.Schema) -> None:
+    """Refuse, with one line, a part of this schema version whose columns differ from
+    ``EVALUATION_SCHEMA``: not a damaged write (those fail to parse) but a file made by other
+    means, which is the user's to look at, not ours to rename or to read half of."""
+    fix = "move it out of the store (e.g. rename it to *.corrupt) and run again"
+    for field in EVALUATION_SCHEMA:
+        index = schema.get_field_index(field.name)
+        if index < 0:
+            raise UserError(f"store part {path} has no column {field.name!r}; {fix}")
+        found = schema.field(index).type
+        if found != field.type:
+            raise UserError(
+                f"store part {path} has column {field.name!r} of type {found}, expected "
+                f"{field.type}; {fix}"
+            )
+    extra = [name for name in schema.names if name not in COLUMNS]
+    if extra:
+        raise UserError(f"store part {path} has unknown column {extra[0]!r}; {fix}")
 
 
 def _reason(exc: BaseException) -> str:

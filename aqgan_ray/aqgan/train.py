@@ -192,6 +192,9 @@ def _refine(service: EvaluationService, loaded: Loaded, spec_in: AqganSpec, run_
         return [(o.val_acc, o.cached) for o in outcomes]
 
     def on_round(r: int, rows, model) -> None:
+        # The round's rows reach the store's disk before the log that replays them: a kill
+        # between the two must not leave a replay training on fewer rows than the round had.
+        store.flush()
         write_table([{**row, "eval_key": store.eval_key} for row in rows], run_dir / REFINE_LOG)
         bar.update(1)
         bar.set_postfix(mean_miss=f"{summary(rows)[-1]['mean_err']:.4f}", store=len(store))
