@@ -6,13 +6,16 @@ evaluator or a cost model: ``run_search`` sends what it asks through the shared
 ``EvaluationService`` and prices it on the shared ``DesignPoint``, so every method is measured
 the same way and charged for every evaluation it asks for, cache hits included.
 
-Resuming. ``run_search`` saves a checkpoint after every ``tell``: the proposer's whole state
-(``state_dict``, tensors and plain values only) together with the trace of every evaluation told
-so far, in one file written atomically, so the two never disagree. A search that is stopped
-(Ctrl-C, a killed driver, a lost node) starts again from the last checkpoint: configs it had
-asked for after that are asked again and answered from the evaluation store, and charged once,
-because the trace restarts from the checkpoint too. A proposer whose ``state_dict`` holds its
-random state (all of ours do) then continues exactly as an uninterrupted run would.
+Resuming. The checkpoint ``state.pt`` is the one source of truth: after every ``tell``,
+``run_search`` writes it atomically (the proposer's whole ``state_dict``, tensors and plain
+values only, with the trace of every evaluation told so far), then lets the proposer bring any
+state of its own outside it in line (``Proposer.committed``: Optuna's journal), then rewrites
+``trace.parquet`` from it; and on every start it rewrites ``trace.parquet`` from the checkpoint
+before asking anything, so a kill between the files is healed by the next run. A search that is
+stopped (Ctrl-C, a killed driver, a lost node) starts again from the last checkpoint: configs
+it had asked for after that are asked again and answered from the evaluation store, and charged
+once, because the trace restarts from the checkpoint too. A proposer whose ``state_dict`` holds
+its random state (all of ours do) then continues exactly as an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -143,6 +146,11 @@ class Proposer(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
 
+    def committed(self) -> None:  # noqa: B027 - a no-op for the methods whose state is all in it
+        """Called whenever the proposer's state is the checkpoint's: at the start (loaded, or
+        fresh with none) and after every checkpoint. A method with state outside the checkpoint
+        (Optuna's journal) brings it in line here, so that state never runs ahead of it."""
+
     def summary(self) -> dict[str, Any]:
         """Method-specific figures for the report (episodes run, trials, ...)."""
         return {}
@@ -185,12 +193,14 @@ def run_search(
     """
     if evaluations < 1 or batch < 1:
         raise UserError("the number of evaluations and the batch size must be at least 1")
-    checkpoint = run_dir / "state.pt"
+    checkpoint, trace_file = run_dir / "state.pt", run_dir / "trace.parquet"
     trace: list[dict[str, Any]] = []
     if checkpoint.exists():
         state = _load_checkpoint(checkpoint, identity)
         trace = state["trace"]
         proposer.load_state_dict(state["proposer"])
+    proposer.committed()
+    write_trace(trace, identity, trace_file)  # from the checkpoint: heals one a kill left stale
     resumed_from, evaluated_before = len(trace), service.evaluated
     start = time.perf_counter()
     offset = trace[-1]["elapsed_s"] if trace else 0.0
@@ -211,7 +221,7 @@ def run_search(
                 "config_hash": config.hash,
                 "w_bits": list(config.w_bits),
                 "a_bits": list(config.a_bits),
-                "val_acc": outcome.val_acc,
+                "val_acc": float(outcome.val_acc),
                 "cost": cost,
                 "within_budget": fits,
                 "cached": outcome.cached,
@@ -224,13 +234,28 @@ def run_search(
             if on_result is not None:
                 on_result(row)
         proposer.tell(configs, [o.val_acc for o in outcomes])
-        _save_checkpoint(checkpoint, identity, trace, proposer)
-        write_trace(trace, identity, run_dir / "trace.parquet")
-    if not (run_dir / "trace.parquet").exists():  # e.g. AQGAN found nothing that fits
-        _save_checkpoint(checkpoint, identity, trace, proposer)
-        write_trace(trace, identity, run_dir / "trace.parquet")
+        # The batch's rows on disk before the checkpoint that charges them: a kill after the
+        # checkpoint then loses no evaluation from the store (``compact`` merges the parts).
+        service.store.flush()
+        _commit(checkpoint, trace_file, identity, trace, proposer)
+    if not checkpoint.exists():  # nothing was asked (AQGAN found nothing that fits): say so
+        _commit(checkpoint, trace_file, identity, trace, proposer)
     return SearchResult(trace, resumed_from, service.evaluated - evaluated_before,
                         time.perf_counter() - start, proposer.summary())  # fmt: skip
+
+
+def _commit(
+    checkpoint: Path,
+    trace_file: Path,
+    identity: dict[str, Any],
+    trace: list[dict[str, Any]],
+    proposer: Proposer,
+) -> None:
+    """The checkpoint first, then what follows from it: a kill in between loses nothing the
+    next run does not rebuild from the checkpoint."""
+    _save_checkpoint(checkpoint, identity, trace, proposer)
+    proposer.committed()
+    write_trace(trace, identity, trace_file)
 
 
 def _save_checkpoint(

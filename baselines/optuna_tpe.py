@@ -11,12 +11,15 @@ interact through the accuracy), with ``constant_liar`` so that a batch asked at 
 parallel evaluators spreads out instead of repeating one point, and Optuna's default ten random
 start-up trials.
 
-Resuming goes through Optuna's own storage: the study lives in ``optuna.journal`` next to the
-trace. Trial ``k`` is trace row ``k``; trials the study holds beyond the last checkpoint (asked,
-perhaps even told, just before an interruption) are asked again first, answered from the
-evaluation store, so nothing is lost or charged twice. The sampler's random stream restarts
-from the seed on resume, so a resumed study is valid but not draw-for-draw the same as an
-uninterrupted one.
+Resuming: the checkpoint (``state.pt``) is the one record of what TPE paid for, and the study
+in ``optuna.journal`` is brought in line with it, never ahead of it. ``tell`` only records
+results; the journal is told them in ``committed``, once the checkpoint holding them is written.
+So after a kill the journal may lag (trials the checkpoint holds, still running there: told from
+the checkpoint on resume) or hold trials asked after the last checkpoint (failed on resume:
+TPE ignores failed trials, so it learns from nothing it was not charged for), never a result
+the trace lacks. Each ask's draws are seeded by the seed and the trial's place in the trace,
+so the sampler holds no state of its own, and the failed trials' configs are asked again,
+exactly as an uninterrupted search would ask them (answered from the evaluation store).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.storages import JournalStorage
@@ -33,6 +37,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from aqgan_ray.config import PINNED_BITS, QuantConfig
+from aqgan_ray.errors import UserError
 from aqgan_ray.search import DesignPoint, Proposer
 
 STARTUP_TRIALS = 10  # Optuna's default: random trials before TPE models the results
@@ -42,29 +47,33 @@ class OptunaTPE(Proposer):
     name = "optuna"
 
     def __init__(self, point: DesignPoint, seed: int, storage_path: Path):
-        self.point = point
+        self.point, self.seed, self.storage_path = point, seed, storage_path
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        with warnings.catch_warnings():  # multivariate/constant_liar are marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(
-                seed=seed,
-                multivariate=True,
-                constant_liar=True,
-                n_startup_trials=STARTUP_TRIALS,
-            )
         storage_path.parent.mkdir(parents=True, exist_ok=True)
         storage = JournalStorage(JournalFileBackend(str(storage_path)))
         self.study = optuna.create_study(
             study_name="optuna-tpe",
             storage=storage,
-            sampler=sampler,
+            sampler=self._sampler(0),
             direction="maximize",
             load_if_exists=True,
         )
         self.distributions = self._space(point)
-        self.told = 0
-        self._replay: list[optuna.trial.FrozenTrial] = []
-        self._asked: list[tuple[int, bool]] = []  # (trial number, already complete)
+        self.trials: list[int] = []  # the study's trial number of every trace row, in order
+        self.values: list[float] = []  # and its validation accuracy
+        self._asked: list[int] = []  # trial numbers of the last ask, not told yet
+
+    def _sampler(self, k: int) -> optuna.samplers.TPESampler:
+        """The sampler for the ``k``-th trial of the trace: seeded by (seed, k), so no random
+        state outlives an ask and none needs checkpointing."""
+        with warnings.catch_warnings():  # multivariate/constant_liar are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0]),
+                multivariate=True,
+                constant_liar=True,
+                n_startup_trials=STARTUP_TRIALS,
+            )
 
     @staticmethod
     def _space(point: DesignPoint) -> dict[str, BaseDistribution]:
@@ -95,34 +104,54 @@ class OptunaTPE(Proposer):
 
     def ask(self, n: int) -> list[QuantConfig]:
         configs = []
-        while len(configs) < n and self._replay:
-            trial = self._replay.pop(0)
-            self._asked.append((trial.number, trial.state == TrialState.COMPLETE))
-            configs.append(self._config(trial.params))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            while len(configs) < n:
+            for _ in range(n):
+                self.study.sampler = self._sampler(len(self.trials) + len(self._asked))
                 trial = self.study.ask(self.distributions)
                 config = self._config(trial.params)
                 trial.set_user_attr("config_hash", config.hash)  # the repaired config's
-                self._asked.append((trial.number, False))
+                self._asked.append(trial.number)
                 configs.append(config)
         return configs
 
     def tell(self, configs: Sequence[QuantConfig], val_accs: Sequence[float]) -> None:
+        """Recorded here, told to the study in ``committed`` (after the checkpoint)."""
         asked, self._asked = self._asked, []
-        for (number, complete), acc in zip(asked, val_accs, strict=True):
-            if not complete:
-                self.study.tell(number, float(acc))
-            self.told += 1
+        for number, acc in zip(asked, val_accs, strict=True):
+            self.trials.append(number)
+            self.values.append(float(acc))
+
+    def committed(self) -> None:
+        """Bring the journal in line with the checkpoint: tell it the checkpointed results it
+        lacks, fail the trials asked after the checkpoint."""
+        told = dict(zip(self.trials, self.values, strict=True))
+        in_study = set()
+        for trial in self.study.get_trials(deepcopy=False):
+            in_study.add(trial.number)
+            if trial.number in told and trial.state == TrialState.RUNNING:
+                self.study.tell(trial.number, told[trial.number])
+            elif trial.number not in told and trial.state == TrialState.RUNNING:
+                self.study.tell(trial.number, state=TrialState.FAIL)
+            elif (trial.number in told) != (trial.state == TrialState.COMPLETE):
+                raise UserError(self._foreign(f"trial {trial.number} is {trial.state.name}"))
+        if told.keys() - in_study:
+            raise UserError(self._foreign("it lacks trials the checkpoint holds"))
+
+    def _foreign(self, what: str) -> str:
+        return (
+            f"{self.storage_path} does not match its search's checkpoint ({what}); delete the "
+            "search's folder to start it over"
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"told": self.told}
+        return {"trials": list(self.trials), "values": list(self.values)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.told = state["told"]
-        trials = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
-        self._replay = [t for t in trials if t.number >= self.told]
+        if "trials" not in state:  # the earlier format could charge a trial twice: not continued
+            raise UserError(self._foreign("a checkpoint of an earlier aqgan-ray"))
+        self.trials, self.values = list(state["trials"]), list(state["values"])
+        self._asked = []
 
     def summary(self) -> dict[str, Any]:
-        return {"trials": len(self.study.trials), "startup_trials": STARTUP_TRIALS}
+        return {"trials": len(self.trials), "startup_trials": STARTUP_TRIALS}

@@ -191,9 +191,15 @@ def test_tpe_resumes_through_optuna_storage(service, smoke_point, tmp_path):
     result = run_search(resumed_tpe, service, smoke_point, 6, run_dir, identity, batch=2)
     assert result.resumed_from == 2 and len(result.trace) == 6
     trials = sorted(resumed_tpe.study.trials, key=lambda t: t.number)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6  # none lost, none extra
-    assert [t.user_attrs["config_hash"] for t in trials] == [r["config_hash"] for r in result.trace]
-    assert [t.value for t in trials] == [r["val_acc"] for r in result.trace]
+    # The batch killed before its checkpoint (trials 2, 3) failed, then asked again as it was.
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] * 2 + [
+        TrialState.COMPLETE
+    ] * 4
+    assert [t.params for t in trials[2:4]] == [t.params for t in trials[4:6]]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]  # none lost, none extra
+    hashes = [r["config_hash"] for r in result.trace]
+    assert [t.user_attrs["config_hash"] for t in complete] == hashes
+    assert [t.value for t in complete] == [r["val_acc"] for r in result.trace]
 
 
 @pytest.mark.parametrize("method", ["uniform", "random"])
@@ -232,3 +238,164 @@ def test_baselines_find_a_config_within_budget_and_pay_for_cache_hits(
     assert again.evaluated_now == 0
     assert len(again.trace) == len(first.trace)  # and every one is charged
     assert all(r["cached"] for r in again.trace)
+
+
+# --------------------------------------------------------------------------------------------
+# A driver killed at every point of the loop (synthetic evaluator in this process, no Ray)
+# --------------------------------------------------------------------------------------------
+
+
+class ScoringPool:
+    """An evaluator pool that scores configs with the synthetic accuracy function in this
+    process and dies (``KeyboardInterrupt``: Ctrl-C, a killed driver) at its ``die_at``-th
+    evaluation, as a real pool would pass the interruption on."""
+
+    size, replaced = 1, 0
+
+    def __init__(self, synthetic, die_at: int | None = None):
+        self.synthetic, self.die_at, self.calls = synthetic, die_at, 0
+
+    def imap_unordered(self, configs):
+        import os
+
+        from aqgan_ray.evaluate import EvalResult
+        from aqgan_ray.pools.base import Evaluated
+
+        for config in configs:
+            self.calls += 1
+            if self.calls == self.die_at:
+                raise KeyboardInterrupt
+            result = EvalResult(config.hash, float(self.synthetic.accuracy(config)), None, 1e-3)
+            yield Evaluated(config, result, "synthetic", os.getpid())
+
+    def close(self) -> None:
+        """Nothing runs outside this process."""
+
+
+def _proposer(method: str, point: DesignPoint, folder, batch: int):
+    from baselines.haq import Haq, HaqArgs
+    from baselines.optuna_tpe import OptunaTPE
+    from baselines.random_search import RandomSearch
+
+    if method == "random":
+        return RandomSearch(point, seed=7)
+    if method == "haq":  # small networks: this tests the loop, not DDPG
+        args = HaqArgs(warmup=2, hidden=16, batch_size=8, episodes_per_ask=batch)
+        return Haq(point, seed=7, fp_val_acc=0.85, args=args)
+    return OptunaTPE(point, seed=7, storage_path=folder / "optuna.journal")
+
+
+def _run(method, point, synthetic, folder, evaluations, batch, monkeypatch, kill=None):
+    """One driver run of a search in ``folder`` against the store in ``folder/evaluations``;
+    ``kill`` = (where, n) interrupts it: at the pool's ``n``-th evaluation (``evaluate``), at
+    the ``n``-th result (``result``), just before (``checkpoint``) or just after (``saved``) the
+    checkpoint of ``n`` rows is written, or just before the trace of ``n`` rows is
+    (``trace``)."""
+    import aqgan_ray.search as search
+    from aqgan_ray.service import EvaluationService
+    from aqgan_ray.store import EvaluationStore
+
+    where, n = kill or (None, None)
+    save, write = search._save_checkpoint, search.write_trace
+
+    def save_or_die(path, identity, trace, proposer):
+        if where == "checkpoint" and len(trace) == n:
+            raise KeyboardInterrupt
+        save(path, identity, trace, proposer)
+        if where == "saved" and len(trace) == n:
+            raise KeyboardInterrupt
+
+    def write_or_die(trace, identity, path):
+        if where == "trace" and len(trace) == n:
+            raise KeyboardInterrupt
+        return write(trace, identity, path)
+
+    monkeypatch.setattr(search, "_save_checkpoint", save_or_die)
+    monkeypatch.setattr(search, "write_trace", write_or_die)
+    seen = []
+
+    def on_result(row):
+        seen.append(row)
+        if where == "result" and len(seen) == n:
+            raise KeyboardInterrupt
+
+    pool = ScoringPool(synthetic, n if where == "evaluate" else None)
+    store = EvaluationStore(folder / "evaluations", "synthetic")
+    proposer = _proposer(method, point, folder / "search", batch)
+    try:
+        return proposer, search.run_search(
+            proposer, EvaluationService(store, pool), point, evaluations, folder / "search",
+            _identity(method, point), batch, on_result,
+        )  # fmt: skip
+    finally:
+        store.close()  # as leaving its `with` block on Ctrl-C does
+        monkeypatch.undo()
+
+
+# Each entry is one driver run that is killed; a clean run then finishes the search. The runs
+# reach every point of the loop: before the first checkpoint, mid-evaluation, between a result
+# and ``tell``, between ``tell`` and the checkpoint, between the checkpoint and what follows it
+# (Optuna's journal, the trace), and a kill at the last trace write of a finished search.
+KILLS = [("evaluate", 1), ("result", 3), ("checkpoint", 4), ("saved", 8), ("trace", 10),
+         ("evaluate", 2), ("saved", 12), ("trace", 14)]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["random", "haq", "optuna"])
+def test_a_search_killed_anywhere_charges_every_config_once(
+    method, synthetic, point_at, tmp_path, monkeypatch
+):
+    import torch
+    from optuna.trial import TrialState
+
+    from aqgan_ray.store import EvaluationStore
+
+    point, n, batch = point_at("latency_ms=0.5x"), 14, 2
+    _, straight = _run(method, point, synthetic, tmp_path / "straight", n, batch, monkeypatch)
+    folder = tmp_path / "killed"
+    for kill in KILLS:
+        with pytest.raises(KeyboardInterrupt):
+            _run(method, point, synthetic, folder, n, batch, monkeypatch, kill)
+    trace_file = folder / "search" / "trace.parquet"
+    assert len(pd.read_parquet(trace_file)) < n  # the last kill left the trace stale
+    proposer, result = _run(method, point, synthetic, folder, n, batch, monkeypatch)
+    assert result.evaluated_now == 0 and result.resumed_from == n  # the checkpoint was whole
+
+    hashes = [r["config_hash"] for r in result.trace]
+    assert [r["index"] for r in result.trace] == list(range(n))
+    assert hashes == [r["config_hash"] for r in straight.trace]  # seeded: the same asks
+    assert [r["val_acc"] for r in result.trace] == [r["val_acc"] for r in straight.trace]
+    assert len(set(hashes)) == n  # no config charged twice
+    # one source of truth: the trace file is the checkpoint's trace
+    state = torch.load(folder / "search" / "state.pt", weights_only=True)
+    assert pd.read_parquet(trace_file)["config_hash"].tolist() == hashes
+    assert [r["config_hash"] for r in state["trace"]] == hashes
+    # nothing was evaluated that the trace does not charge
+    stored = EvaluationStore(folder / "evaluations", "synthetic").rows()
+    assert {r["config_hash"] for r in stored} <= set(hashes)
+    if method == "optuna":  # TPE learned from exactly what the trace charges, in its order
+        complete = [t for t in proposer.study.trials if t.state == TrialState.COMPLETE]
+        assert [t.user_attrs["config_hash"] for t in complete] == hashes
+        assert [t.value for t in complete] == [r["val_acc"] for r in result.trace]
+        assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL)
+                   for t in proposer.study.trials)  # fmt: skip
+
+
+def test_tpe_killed_before_its_first_checkpoint_charges_no_config_twice(
+    synthetic, point_at, tmp_path, monkeypatch
+):
+    """Issue 22's case: killed before the first checkpoint and again later. The rerun used to
+    ask new trials beside the dead run's (left running, which TPE's constant liar learns from)
+    and the next resume replayed trials already in the trace: 6 distinct configs in 8 rows."""
+    from optuna.trial import TrialState
+
+    point, n, batch = point_at("latency_ms=0.5x"), 8, 2
+    _, straight = _run("optuna", point, synthetic, tmp_path / "straight", n, batch, monkeypatch)
+    for kill in [("evaluate", 1), ("evaluate", 5)]:
+        with pytest.raises(KeyboardInterrupt):
+            _run("optuna", point, synthetic, tmp_path, n, batch, monkeypatch, kill)
+    tpe, result = _run("optuna", point, synthetic, tmp_path, n, batch, monkeypatch)
+    hashes = [r["config_hash"] for r in result.trace]
+    assert len(set(hashes)) == n and hashes == [r["config_hash"] for r in straight.trace]
+    states = [t.state for t in tpe.study.trials]
+    assert states.count(TrialState.COMPLETE) == n  # the dead runs' trials: failed, asked again
+    assert set(states) == {TrialState.COMPLETE, TrialState.FAIL}

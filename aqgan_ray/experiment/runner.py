@@ -25,7 +25,7 @@ from tqdm import tqdm
 from aqgan_ray.atomic import write_json
 from aqgan_ray.errors import UserError
 from aqgan_ray.experiment import design, ledger, report
-from aqgan_ray.session import Session
+from aqgan_ray.session import COMPACT_OVER_PARTS, Session
 from aqgan_ray.settings import as_dict, check_seeds
 from aqgan_ray.store import read_frame, write_table
 
@@ -239,6 +239,8 @@ def _search_stage(
         results[(method.name, p)] = run_search(
             method.build(setup), service, p.point, method.evaluations(exp), folder, ident, batch
         )
+        if service.store.part_count() > COMPACT_OVER_PARTS:  # searches flush once per batch
+            service.store.compact()
     return results
 
 
