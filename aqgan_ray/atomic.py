@@ -130,3 +130,22 @@ def fsync_dir(folder: Path) -> None:
         pass  # some filesystems refuse fsync on a directory; the data itself is synced
     finally:
         os.close(fd)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object a run wrote in its results directory (``experiment.json``, ``run.json``).
+    A damaged one (a crash mid-copy, an edit) is one line naming it: the run writes it anew."""
+    try:
+        obj = json.loads(Path(path).read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = str(exc).splitlines()[0]
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror or exc})") from None
+    else:
+        if isinstance(obj, dict):
+            return obj
+        reason = f"a JSON {type(obj).__name__}, not an object"
+    raise UserError(
+        f"{path} is damaged ({reason}); delete it and run the command again (the run writes it "
+        "anew), or pass --results DIR to start elsewhere"
+    )

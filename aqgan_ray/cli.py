@@ -11,7 +11,9 @@ import argparse
 import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -85,6 +87,76 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G")
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, as Ctrl-C raises KeyboardInterrupt: the stack
+    unwinds through every ``finally`` (buffered store rows, checkpoints) before the exit."""
+
+
+def _terminate(signum: int, frame: object) -> NoReturn:
+    # A second SIGTERM must not cut short the unwinding (a store flushing its rows) it started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises ``Terminated`` for the command's duration; the previous handler is put
+    back after. Signal handlers can only be set in the main thread: elsewhere, nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:  # None: a handler set outside Python, which cannot be put back; the default then
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+# Every numeric option's accepted values, checked before a command starts: nan, --workers 0 or
+# --cpus-per-worker 1e-9 fail with one line instead of deep inside Ray. dest -> (low, high,
+# zero also allowed, why); None leaves a side open. --target-acc and --tolerance have their own
+# checks in cmd_generate, --seed its own in _check_options.
+_OPTION_LIMITS: dict[str, tuple[float, int | None, bool, str]] = {
+    "workers": (1, None, False, ""),
+    "cpus_per_worker": (0.1, None, False, "an evaluator loads a model; at most 10 per CPU"),
+    "gpus_per_worker": (0.01, None, True, "0: CPU only; Ray splits a GPU at most 100 ways"),
+    "samples": (0, None, False, ""),
+    "tune_samples": (0, None, False, ""),
+    "steps": (1, None, False, ""),
+    "fidelity_targets": (0, None, False, ""),
+    "top": (1, None, False, ""),
+    "refine_rounds": (0, None, False, ""),
+    "refine_targets": (1, None, False, ""),
+    "n": (1, 1_000_000, False, "proposals are held in memory at once"),
+    "verify_rounds": (1, None, False, ""),
+    "evaluations": (1, None, False, ""),
+    "batch": (1, None, False, ""),
+    "repeats": (1, None, False, ""),
+    "configs": (2, None, False, ""),
+}
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse an option value outside ``_OPTION_LIMITS`` (or a seed numpy cannot take)."""
+    for dest, (low, high, zero_ok, why) in _OPTION_LIMITS.items():
+        value = getattr(args, dest, None)
+        if value is None or (zero_ok and value == 0):
+            continue
+        if math.isfinite(value) and value >= low and (high is None or value <= high):
+            continue
+        bounds = f"at least {low:g}" if high is None else f"within {low:g}..{high:d}"
+        bounds = f"0 or {bounds}" if zero_ok else bounds
+        finite = "" if math.isfinite(value) else "a finite number "
+        reason = f" ({why})" if why else ""
+        option = "--" + dest.replace("_", "-")
+        raise UserError(f"{option} must be {finite}{bounds}, not {value:g}{reason}")
+    if getattr(args, "seed", None) is not None:
+        from aqgan_ray.settings import MAX_SEED
+
+        if not 0 <= args.seed <= MAX_SEED:
+            raise UserError(f"--seed must be an integer within 0..{MAX_SEED}, not {args.seed}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,10 +469,6 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("--budget needs --hw NAME: the hardware model the budget is priced on")
     if args.target_acc is None and args.budget is None:
         raise UserError("give --target-acc X, or --hw H --budget METRIC=V, or both")
-    if args.n < 1 or args.top < 1:
-        raise UserError("--n and --top must be at least 1")
-    if args.verify_rounds < 1:
-        raise UserError("--verify-rounds must be at least 1")
     if not 0.0 <= args.tolerance <= 1.0:
         raise UserError(f"--tolerance {args.tolerance} must be an accuracy distance in [0, 1]")
     exp = _experiment(args)
@@ -531,9 +599,10 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
     )
     out = result.to_dict()
     if not args.json:
+        from aqgan_ray.atomic import read_json
         from aqgan_ray.experiment.report import readable_summary, summary_table
 
-        chance = json.loads((result.run_dir / "run.json").read_text()).get("chance_acc")
+        chance = read_json(result.run_dir / "run.json").get("chance_acc")
         table = readable_summary(summary_table(result.search_cost, chance))
         print("\nOn the design points every method ran on (report.md has the rest):")
         print(table.to_string(float_format=lambda v: f"{v:.4g}"))
@@ -570,10 +639,6 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
         return _bench_tuning(args)
     if args.name == "sensitivity":
         return _bench_sensitivity(args)
-    if args.repeats < 1:
-        raise UserError("--repeats must be at least 1")
-    if args.configs < 2:
-        raise UserError("--configs must be at least 2")
     exp = _experiment(args)
     with _session(args, exp) as s:
         figures = run_bench(s, args.name, repeats=args.repeats, configs=args.configs)
@@ -664,9 +729,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ray = sys.modules.get("ray")
     caller_connected = ray is not None and ray.is_initialized()  # main() called from Python
     try:
-        with quiet, warnings.catch_warnings():
+        with _sigterm_unwinds(), quiet, warnings.catch_warnings():
             warnings.showwarning = _show_warning
             try:
+                _check_options(args)
                 result = COMMANDS[args.command](args)
             finally:
                 if not caller_connected:
@@ -677,6 +743,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; what was written so far is kept", file=sys.stderr)
         return 130
+    except Terminated:
+        print("error: terminated; what was written so far is kept", file=sys.stderr)
+        return 143
     if args.json:
         print(json.dumps(_json_safe(result), allow_nan=False), file=stdout)
     return 0
@@ -692,7 +761,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _json_safe(value: Any) -> Any:
-    """NaN and infinities as null: no JSON reader accepts them."""
+    """NaN and infinities as null: no JSON reader accepts them. numpy scalars as Python's."""
+    numpy = sys.modules.get("numpy")  # loaded by every command that could return its scalars
+    if numpy is not None and isinstance(value, numpy.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

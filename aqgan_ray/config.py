@@ -103,7 +103,19 @@ class QuantConfig:
         return {"w_bits": list(self.w_bits), "a_bits": list(self.a_bits)}
 
 
+def _is_int(value: object) -> bool:
+    """A true integer: a bool is not a bitwidth, and a float (2.7) would be truncated silently."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def validate_choices(choices: Sequence[int]) -> tuple[int, ...]:
+    """The sorted distinct bit choices, refused with one line unless integers within
+    ``MIN_BITS..MAX_BITS``."""
+    if not all(_is_int(b) for b in choices):
+        raise UserError(
+            f"bit choices {list(choices)} must be integers within {MIN_BITS}..{MAX_BITS}, "
+            "e.g. [2, 4, 8]"
+        )
     out = tuple(sorted({int(b) for b in choices}))
     if not out or out[0] < MIN_BITS or out[-1] > MAX_BITS:
         raise UserError(
@@ -118,9 +130,9 @@ def parse_bits(text: str, layers: Sequence[str]) -> QuantConfig:
     stripped = text.strip()
     if not stripped.startswith("{"):
         path = Path(text)
-        if not path.is_file():
+        if not is_existing_file(path):
             raise UserError(f"--bits {text!r} is neither a JSON object nor an existing file")
-        stripped, source = path.read_text(), str(path)
+        stripped, source = read_utf8(path, "--bits"), str(path)
     try:
         obj = json.loads(stripped)
     except json.JSONDecodeError as exc:
@@ -129,6 +141,29 @@ def parse_bits(text: str, layers: Sequence[str]) -> QuantConfig:
         raise UserError(f'{source} must be an object {{"w_bits": [...], "a_bits": [...]}}')
     w, a = obj["w_bits"], obj["a_bits"]
     for key, val in (("w_bits", w), ("a_bits", a)):
-        if not isinstance(val, list) or not all(isinstance(b, int) for b in val):
+        if not isinstance(val, list) or not all(_is_int(b) for b in val):
             raise UserError(f"{source}: {key} must be a list of integers, one per layer")
     return QuantConfig(tuple(layers), tuple(w), tuple(a))
+
+
+def is_existing_file(path: Path) -> bool:
+    """``path.is_file()``, but False for a text that cannot even be a path (so that the caller
+    says "no such file" in one line rather than a traceback)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
+def read_utf8(path: Path, option: str) -> str:
+    """A text file given on the command line (``--bits``, ``--config``): unreadable or not
+    UTF-8 is one line naming the file, not a traceback."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{option} {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"{option} {path} cannot be read ({exc.strerror or exc})") from None

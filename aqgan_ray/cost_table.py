@@ -37,7 +37,14 @@ SHAPE_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 _APQ_KEY = re.compile(r"^\((\d+), ?(\d+), ?(\d+), ?(\d+), ?(\d+), ?(\d+), ?(\d+)\)-W(\d+)A(\d+)$")
 _APQ_BLOCKS = ("head", "tail")
-_MAX_DIMENSION = 1 << 24  # channels, sizes and bits beyond this are a corrupt file
+_MAX_DIMENSION = 1 << 24  # channels and sizes beyond this are a corrupt file
+# The integers each column may hold, checked before anything is allocated: the dense lookup
+# array is sized by the largest bitwidth, so a corrupt one must not reach it.
+_INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    "w_bits": (1, MAX_BITS),
+    "a_bits": (1, MAX_BITS),
+    **{column: (0, _MAX_DIMENSION) for column in SHAPE_COLUMNS},
+}
 
 
 def layer_shape(layer: Layer) -> tuple[int, ...] | None:
@@ -138,31 +145,13 @@ def _checked_frame(path: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, tuple
             f"cost table {path} has no metric column; add one or more of {', '.join(METRICS)}"
         )
     frame = frame.copy()
-    integer_columns = ("w_bits", "a_bits", *(keys if keys == SHAPE_COLUMNS else ()))
-    for col in integer_columns:
-        values = pd.to_numeric(frame[col], errors="coerce").astype(np.float64)
-        if (
-            not np.isfinite(values).all()
-            or (values != values.round()).any()
-            or (values < 0).any()
-            or (values > _MAX_DIMENSION).any()
-        ):
-            raise UserError(
-                f"cost table {path}: column {col} must hold integers within 0..{_MAX_DIMENSION}"
-            )
-        frame[col] = values.astype(np.int64)
+    for col in ("w_bits", "a_bits", *(keys if keys == SHAPE_COLUMNS else ())):
+        frame[col] = _integers(path, frame[col])
     if keys == SHAPE_COLUMNS:
         _check_shapes(path, frame)
-    for col in ("w_bits", "a_bits"):
-        bits = frame[col]
-        if bits.min() < 1 or bits.max() > MAX_BITS:
-            raise UserError(
-                f"cost table {path}: column {col} holds {bits.min()}..{bits.max()} bits; "
-                f"bit widths lie within 1..{MAX_BITS}"
-            )
     for metric in metrics:
         values = pd.to_numeric(frame[metric], errors="coerce")
-        if not np.isfinite(values).all() or (values < 0).any():
+        if _is_bool(frame[metric]) or not np.isfinite(values).all() or (values < 0).any():
             raise UserError(
                 f"cost table {path}: column {metric} has empty, non-numeric, non-finite or "
                 f"negative cells"
@@ -177,6 +166,30 @@ def _checked_frame(path: Path, frame: pd.DataFrame) -> tuple[pd.DataFrame, tuple
             f"more than once; keep one row per combination"
         )
     return frame, keys
+
+
+def _is_bool(column: pd.Series) -> bool:
+    """A true/false column (a Parquet bool, JSON true): never a count or a measurement."""
+    if pd.api.types.is_bool_dtype(column):
+        return True
+    return column.dtype == object and column.map(lambda v: isinstance(v, (bool, np.bool_))).any()
+
+
+def _integers(path: Path, column: pd.Series) -> pd.Series:
+    """``column`` as int64, refused unless whole numbers within ``_INTEGER_RANGES``."""
+    low, high = _INTEGER_RANGES[str(column.name)]
+    what = "bit widths" if column.name in ("w_bits", "a_bits") else "channels and sizes"
+    values = pd.to_numeric(column, errors="coerce").astype(np.float64)
+    if _is_bool(column) or not np.isfinite(values).all() or (values != values.round()).any():
+        found = "empty, non-numeric, fractional, true/false or non-finite cells"
+    elif values.min() < low or values.max() > high:
+        found = f"{values.min():.0f}..{values.max():.0f}"
+    else:
+        return values.astype(np.int64)
+    raise UserError(
+        f"cost table {path}: column {column.name} must hold integers within {low}..{high} "
+        f"({what}), but it holds {found}; fix or remove those rows"
+    )
 
 
 def _check_shapes(path: Path, frame: pd.DataFrame) -> None:

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from baselines.ilp import Sensitivity
 
 POOLS = ("ray", "local")
+
+
 # A long search writes a store part every few seconds; past this many parts they are merged.
 COMPACT_OVER_PARTS = 32
 

@@ -9,14 +9,25 @@ the default.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import sys
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 from aqgan_ray.base_model import TrainSpec
-from aqgan_ray.config import DEFAULT_BIT_CHOICES, PINNED_BITS, validate_choices
+from aqgan_ray.config import (
+    DEFAULT_BIT_CHOICES,
+    MAX_BITS,
+    MIN_BITS,
+    PINNED_BITS,
+    is_existing_file,
+    read_utf8,
+    validate_choices,
+)
 from aqgan_ray.data import DataSpec
 from aqgan_ray.errors import UserError
 from aqgan_ray.models import canonical_name
@@ -132,6 +143,91 @@ class Experiment:
     aqgan: AqganSpec = field(default_factory=AqganSpec)
     design: DesignSpec = field(default_factory=DesignSpec)
 
+    def __post_init__(self) -> None:
+        check_name(self.name)  # every results path is ``results / name``: checked where it is set
+
+
+# A name is one folder under --results: no '/', no '..', no absolute path, no hidden folder.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# numpy's legacy seeding (``RandomState``, which Ray Tune and Optuna use) takes 0..2**32-1.
+MAX_SEED = 2**32 - 1
+
+
+def check_name(name: Any) -> str:
+    """An experiment name that keeps ``results/<name>/`` inside ``results/``."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise UserError(
+            f"experiment name {name!r} must be one folder name: letters, digits, '.', '_' and "
+            "'-', starting with a letter or digit (it becomes results/<name>/); rename it"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The numbers a setting accepts: ``low`` (excluded when ``above``) up to ``high``; None
+    leaves that side open. ``why`` tells the user the reason when it is not obvious."""
+
+    low: float | None = None
+    high: float | None = None
+    above: bool = False
+    why: str = ""
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.above else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.above else '>='} {self.low}"
+        if self.low is None:
+            return f"<= {self.high}"
+        if self.above:
+            return f"> {self.low} and <= {self.high}"
+        return f"within {self.low}..{self.high}"
+
+
+# Every numeric setting's range, in one table: a value outside it fails before any work starts.
+# A list setting with a limit holds integers (each within it); one without holds strings.
+# tests/test_settings.py checks that every numeric field of every section is listed here.
+LIMITS: dict[str, Limit] = {
+    "seed": Limit(0, MAX_SEED),
+    "data.val_size": Limit(1, why="every search scores configs on the validation split"),
+    "data.train_subset": Limit(0, why="0 keeps the whole training split"),
+    "data.test_subset": Limit(0, why="0 keeps the whole test split"),
+    "data.calib_size": Limit(1, why="the quantizers calibrate on these images"),
+    "data.seed": Limit(0, MAX_SEED),
+    "model.width": Limit(0, 4, above=True, why="a width multiplier; 1.0 is the paper's model"),
+    "train.epochs": Limit(1),
+    "train.batch_size": Limit(1),
+    "train.lr": Limit(0, above=True),
+    "train.momentum": Limit(0, 1),
+    "train.weight_decay": Limit(0),
+    "train.label_smoothing": Limit(0, 1),
+    "train.shift": Limit(0, 64, why="pixels of random shift"),
+    "quant.bit_choices": Limit(MIN_BITS, MAX_BITS, why="bits per weight or activation"),
+    "eval.batch_size": Limit(1),
+    "eval.finetune_steps": Limit(0, why="0: post-training quantization"),
+    "eval.finetune_batch_size": Limit(1),
+    "eval.finetune_lr": Limit(0, above=True),
+    "collect.samples": Limit(0),
+    "collect.round_size": Limit(1),
+    "baselines.evaluations": Limit(1),
+    "baselines.haq_warmup": Limit(0),
+    "baselines.ilp_probes": Limit(2, why="the traces' standard error needs two probes"),
+    "baselines.ilp_evaluations": Limit(1),
+    "aqgan.steps": Limit(1),
+    "aqgan.tune_samples": Limit(0, why="0: no tuning"),
+    "aqgan.fidelity_targets": Limit(0, why="0: no fidelity check"),
+    "aqgan.fidelity_top": Limit(1),
+    "aqgan.verify_top": Limit(1),
+    "aqgan.proposals": Limit(1, 1_000_000, why="proposals are held in memory at once"),
+    "aqgan.refine_rounds": Limit(0, why="0: no refinement"),
+    "aqgan.refine_targets": Limit(1),
+    "design.seeds": Limit(0, MAX_SEED),
+}
+
 
 _SECTIONS = {
     "data": DataSpec,
@@ -148,13 +244,15 @@ _SECTIONS = {
 
 def check_seeds(seeds) -> tuple[int, ...]:
     """The run's seeds (``[design] seeds`` or ``run --seeds``), refused with one line unless
-    distinct non-negative integers."""
+    distinct integers within 0..MAX_SEED."""
     seeds = tuple(seeds)
     if not seeds:
         raise UserError("give at least one seed (--seeds 0,1,2 or [design] seeds)")
     for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise UserError(f"seed {seed!r} is not a non-negative integer")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise UserError(
+                f"seed {seed!r} is not a non-negative integer up to {MAX_SEED} (numpy's limit)"
+            )
     if len(set(seeds)) != len(seeds):
         raise UserError(f"seeds {list(seeds)} repeat a seed; give each once")
     return seeds
@@ -165,23 +263,48 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def _coerce(value: Any, target: Any, where: str) -> Any:
-    """Check a TOML value against the dataclass field's default type (TOML has few types)."""
-    if isinstance(target, bool):
+def _checked(value: Any, default: Any, where: str) -> Any:
+    """``value`` checked against the field's default type (TOML has few types; bool is not a
+    number here), numbers finite and within ``LIMITS[where]``; a TOML int becomes a float where
+    the field is one, a list a tuple. The one place a setting's type and range are decided."""
+    limit = LIMITS.get(where)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} = {value!r} must be a list; write it as [...]")
+        return tuple(_checked_item(v, limit, where) for v in value)
+    if isinstance(default, bool):
         ok = isinstance(value, bool)
-    elif isinstance(target, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(target, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(target, tuple):
-        ok = isinstance(value, list)
-        value = tuple(value) if ok else value
+    elif isinstance(default, (int, float)):
+        return _checked_number(value, type(default), limit, f"{where} = {value!r}")
     else:  # str or optional str
         ok = value is None or isinstance(value, str)
     if not ok:
-        raise UserError(f"{where} = {value!r} has the wrong type; expected {type(target).__name__}")
+        expected = "true or false" if isinstance(default, bool) else "a string"
+        raise UserError(f"{where} = {value!r} has the wrong type; expected {expected}")
     return value
+
+
+def _checked_item(value: Any, limit: Limit | None, where: str) -> Any:
+    if limit is not None:
+        return _checked_number(value, int, limit, f"{where} item {value!r}")
+    if not isinstance(value, str):
+        raise UserError(f"{where} item {value!r} has the wrong type; expected a string")
+    return value
+
+
+def _checked_number(value: Any, kind: type, limit: Limit | None, label: str) -> Any:
+    """``label`` names the value in the message: ``train.lr = nan``."""
+    numbers = Integral if kind is int else Real  # numpy's scalars too, for Python callers
+    expected = "an integer" if kind is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, numbers):
+        raise UserError(f"{label} has the wrong type; expected {expected}")
+    bounds = f" {limit}" if limit is not None else ""
+    if not math.isfinite(value):
+        raise UserError(f"{label} is not a finite number; give {expected}{bounds}")
+    if limit is not None and not limit.admits(value):
+        why = f" ({limit.why})" if limit.why else ""
+        raise UserError(f"{label} is out of range; give {expected}{bounds}{why}")
+    return kind(value)
 
 
 def _section(cls: type, table: Any, where: str) -> Any:
@@ -192,7 +315,7 @@ def _section(cls: type, table: Any, where: str) -> Any:
     unknown = sorted(set(table) - known)
     if unknown:
         raise UserError(f"unknown key {where}.{unknown[0]}; valid keys: {', '.join(sorted(known))}")
-    values = {k: _coerce(v, getattr(defaults, k), f"{where}.{k}") for k, v in table.items()}
+    values = {k: _checked(v, getattr(defaults, k), f"{where}.{k}") for k, v in table.items()}
     return replace(defaults, **values)
 
 
@@ -203,20 +326,21 @@ def parse_experiment(doc: dict[str, Any], source: str) -> Experiment:
         raise UserError(
             f"{source}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(known))}"
         )
-    name = doc.get("name")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise UserError(f"{source}: 'name' must be a non-empty string without '/'")
-    seed = _coerce(doc.get("seed", 0), 0, "seed")
+    if "name" not in doc:
+        raise UserError(f"{source}: 'name' is missing; add name = \"my-experiment\"")
     try:
+        name = check_name(doc["name"])
+        seed = _checked(doc.get("seed", 0), 0, "seed")
         sections = {k: _section(cls, doc.get(k, {}), k) for k, cls in _SECTIONS.items()}
+        return _validated(Experiment(name=name, seed=seed, **sections))
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
-    exp = Experiment(name=name, seed=seed, **sections)
-    return _validated(exp)
 
 
 def _validated(exp: Experiment) -> Experiment:
-    """Normalise names and check values that types alone do not catch."""
+    """Check every value's type and range, normalise names, then check what single values
+    do not show (settings that contradict each other)."""
+    _check_values(exp)
     model = replace(exp.model, name=canonical_name(exp.model.name))
     quant = replace(exp.quant, bit_choices=validate_choices(exp.quant.bit_choices))
     if quant.keep_first_last and PINNED_BITS not in quant.bit_choices:
@@ -226,41 +350,7 @@ def _validated(exp: Experiment) -> Experiment:
             "keep_first_last = false"
         )
     data = replace(exp.data, seed=exp.seed)
-    sections = (
-        ("train", exp.train),
-        ("eval", exp.eval),
-        ("collect", exp.collect),
-        ("baselines", exp.baselines),
-        ("aqgan", exp.aqgan),
-    )
-    for section, obj in sections:
-        for f in fields(obj):
-            val = getattr(obj, f.name)
-            if isinstance(val, (int, float)) and not isinstance(val, bool) and val < 0:
-                raise UserError(f"{section}.{f.name} must not be negative, got {val}")
-    if exp.baselines.evaluations < 1:
-        raise UserError("baselines.evaluations must be at least 1")
-    if exp.baselines.ilp_probes < 2 or exp.baselines.ilp_evaluations < 1:
-        raise UserError(
-            "baselines.ilp_probes must be at least 2 (the traces' standard error) and "
-            "ilp_evaluations at least 1"
-        )
-    if min(exp.aqgan.steps, exp.aqgan.fidelity_top, exp.aqgan.verify_top, exp.aqgan.proposals) < 1:
-        raise UserError("aqgan.steps, fidelity_top, verify_top and proposals must be at least 1")
-    if exp.collect.round_size < 1:
-        raise UserError("collect.round_size must be at least 1")
-    if exp.aqgan.refine_targets < 1:
-        raise UserError("aqgan.refine_targets must be at least 1")
     design = exp.design
-    for key, values, kind in (
-        ("hw", design.hw, str),
-        ("budgets", design.budgets, str),
-        ("seeds", design.seeds, int),
-        ("search_hw", design.search_hw, str),
-        ("search_budgets", design.search_budgets, str),
-    ):
-        if any(not isinstance(v, kind) or isinstance(v, bool) for v in values):
-            raise UserError(f"design.{key} must be a list of {kind.__name__}s, got {list(values)}")
     for text in (*design.budgets, *design.search_budgets):
         hw, sep, _ = text.rpartition(":")
         if sep and hw not in design.hw:
@@ -269,9 +359,18 @@ def _validated(exp: Experiment) -> Experiment:
                 f"({', '.join(design.hw)})"
             )
     check_seeds(design.seeds)
-    if exp.train.epochs < 1 or exp.train.batch_size < 1 or exp.eval.batch_size < 1:
-        raise UserError("train.epochs, train.batch_size and eval.batch_size must be at least 1")
     return replace(exp, model=model, quant=quant, data=data)
+
+
+def _check_values(exp: Experiment) -> None:
+    """Every field of every section through ``_checked``: the preset's values and anything
+    overridden since (``--seed``, ``replace`` in Python) alike, before any work starts."""
+    _checked(exp.seed, 0, "seed")
+    for section in _SECTIONS:
+        obj = getattr(exp, section)
+        defaults = type(obj)()
+        for f in fields(obj):
+            _checked(getattr(obj, f.name), getattr(defaults, f.name), f"{section}.{f.name}")
 
 
 def load_experiment(
@@ -289,9 +388,9 @@ def load_experiment(
         raise UserError("give a preset name (--experiment) or a preset file (--config), not both")
     if path is not None:
         file = Path(path)
-        if not file.is_file():
-            raise UserError(f"preset file {path} does not exist")
-        text, source = file.read_text(), path
+        if not is_existing_file(file):
+            raise UserError(f"preset file {path} does not exist; give the path of a TOML file")
+        text, source = read_utf8(file, "--config"), path
     else:
         name = name or "default"
         available = preset_names()

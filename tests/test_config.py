@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from aqgan_ray.config import QuantConfig, parse_bits, validate_choices
@@ -46,6 +47,11 @@ def test_bit_choices_range():
     for bad in ([], [1, 2], [2, 17]):
         with pytest.raises(UserError):
             validate_choices(bad)
+    # not truncated to 2, not parsed from text, not a bool for 1
+    for bad in ([2.7, 4], ["4", 8], [True, 8]):
+        with pytest.raises(UserError, match="must be integers"):
+            validate_choices(bad)
+    assert validate_choices([np.int64(4), 8]) == (4, 8)
 
 
 def test_parse_bits_from_json_and_file(tmp_path):
@@ -64,8 +70,18 @@ def test_parse_bits_from_json_and_file(tmp_path):
         ('{"w_bits": [2, "8"], "a_bits": [4, 4]}', "list of integers"),
         ('{"w_bits": [2], "a_bits": [4]}', "quantizable layers"),
         ("/no/such/file.json", "neither a JSON object nor an existing file"),
+        ('{"w_bits": [2, true], "a_bits": [4, 4]}', "list of integers"),
+        ('{"w_bits": [2, 8.0], "a_bits": [4, 4]}', "list of integers"),
+        ("x" * 5000, "neither a JSON object nor an existing file"),  # too long for a path
     ],
 )
 def test_parse_bits_errors(text, message):
     with pytest.raises(UserError, match=message):
         parse_bits(text, LAYERS)
+
+
+def test_parse_bits_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_bytes(b'{"w_bits": [2, 8], "a_bits": [4, 6]}\xff')
+    with pytest.raises(UserError, match=r"--bits .*cfg.json is not UTF-8 text \(byte 0xff"):
+        parse_bits(str(path), LAYERS)

@@ -172,6 +172,10 @@ def test_missing_shapes_and_bits_are_named_up_front(tmp_path) -> None:
         (b'{"(1, 4, 8)-W8A8": {"latency": 1}}', "is not"),
         (b'{"(1, 4, 8, 3, 1, 1, 1)-W8A8": {"latency": NaN}}', "non-finite"),
         (b'{"(1, 4, 8, 3, 1, 1, 1)-W99A8": {"latency": 1}}', "within 1..16"),
+        (b'{"(1, 4, 8, 3, 1, 1, 1)-W99999999999999999999A8": {"latency": 1}}', "within 1..16"),
+        (b'{"(1, 4, 8, 3, 1, 1, 1)-W8A8": {"latency": Infinity}}', "non-finite"),
+        (b'{"(1, 4, 8, 3, 1, 1, 1)-W8A8": {"latency": 1e400}}', "non-finite"),
+        (b'{"(1, 4, 8, 3, 1, 1, 1)-W8A8": {"latency": 1}}\xff', "cannot read"),
         (b'{"(1, 4, 8, 3, 1, 1, 1)-W8A8": {"speed": 1}}', "needs 'latency'"),
         (b'{"head": {"latency": 1}}', "no layer entries"),
         (b'{"(1, 4, 8, 3, 1, 1, 1)-W8A8": {"latency": true}}', "has latency True"),
@@ -248,3 +252,37 @@ def test_a_config_needs_only_the_entries_it_uses(tmp_path) -> None:
     assert priced[f"table:{path}"]["latency_ms"] == 2.0
     with pytest.raises(UserError, match="lacks 2 entries this needs"):
         costs_of([f"table:{path}"], TINY, QuantConfig(names, (8, 8), (8, 8)))
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "match"),
+    [
+        ("latency_ms", float("inf"), "latency_ms has empty, non-numeric, non-finite"),
+        ("w_bits", float("inf"), "w_bits must hold integers within 1..16"),
+        ("w_bits", 2**40, r"w_bits must hold integers within 1\.\.16 \(bit widths\), but it holds"),
+        ("a_bits", 0, "a_bits must hold integers within 1..16"),
+        ("a_bits", 4.5, "fractional"),
+        ("w_bits", True, "true/false"),
+        ("latency_ms", True, "latency_ms has"),
+    ],
+)
+def test_bad_numbers_in_a_layer_table_are_refused_before_allocating(
+    tmp_path, column, value, match
+) -> None:
+    """Bits index the dense lookup array, so a huge or non-finite one must fail at load."""
+    frame = grid_table(["conv", "fc"]).astype({column: object})
+    frame.loc[0, column] = value
+    if isinstance(value, bool):  # a Parquet column of bools, as a user's tool may write it
+        frame[column] = True
+    path = tmp_path / "bad.parquet"
+    frame.to_parquet(path)
+    with pytest.raises(UserError, match=match) as err:
+        get_hw_model(f"table:{path}", layers=TINY)
+    assert "\n" not in str(err.value)
+
+
+def test_a_csv_table_that_is_not_utf8(tmp_path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes("layer,w_bits,a_bits,latency_ms\nconv\xe9,8,8,1\n".encode("latin-1"))
+    with pytest.raises(UserError, match="cannot read cost table"):
+        get_hw_model(f"table:{path}")

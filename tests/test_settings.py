@@ -31,10 +31,42 @@ def test_overrides():
         ('name = "x"\nflavour = 1\n', "unknown key 'flavour'"),
         ('name = "x"\n[model]\nname = "vgg"\n', "unknown model"),
         ('name = "x"\n[data]\nname = "mnist"\n', "unknown dataset"),
-        ('name = "x"\n[quant]\nbit_choices = [1, 2]\n', "bit choices"),
-        ('name = "x"\n[train]\nlr = -1.0\n', "must not be negative"),
+        ('name = "x"\n[quant]\nbit_choices = [1, 2]\n', "bit_choices item 1 is out of range"),
+        ('name = "x"\n[train]\nlr = -1.0\n', r"train.lr = -1.0 is out of range; give a number > 0"),
         ("name = \n", "not valid TOML"),
-        ("seed = 1\n", "'name' must be"),
+        ("seed = 1\n", "'name' is missing"),
+        # types: bool is not a number, a float is not an integer, lists hold what they should
+        ('name = "x"\n[quant]\nbit_choices = ["a"]\n', "bit_choices item 'a' has the wrong type"),
+        ('name = "x"\n[quant]\nbit_choices = [2.7, 4, 8]\n', "item 2.7 has the wrong type"),
+        ('name = "x"\n[quant]\nbit_choices = 8\n', "must be a list"),
+        ('name = "x"\n[train]\nepochs = true\n', "epochs = True has the wrong type"),
+        ('name = "x"\n[train]\nepochs = 2.0\n', "expected an integer"),
+        ('name = "x"\n[train]\naugment = 1\n', "expected true or false"),
+        ('name = "x"\n[design]\nhw = [1]\n', "design.hw item 1 has the wrong type"),
+        ('name = "x"\n[design]\nseeds = [true]\n', "design.seeds item True"),
+        # finite numbers
+        ('name = "x"\n[model]\nwidth = nan\n', "model.width = nan is not a finite number"),
+        ('name = "x"\n[train]\nlr = inf\n', "train.lr = inf is not a finite number"),
+        ('name = "x"\n[eval]\nfinetune_lr = -inf\n', "is not a finite number"),
+        # ranges
+        (
+            'name = "x"\n[model]\nwidth = 0.0\n',
+            r"model.width = 0.0 is out of range; give a number > 0",
+        ),
+        ('name = "x"\n[train]\nmomentum = 1.5\n', "within 0..1"),
+        ('name = "x"\nseed = -1\n', "seed = -1 is out of range"),
+        ('name = "x"\nseed = 4294967296\n', "within 0..4294967295"),
+        ('name = "x"\n[design]\nseeds = [0, 4294967296]\n', "design.seeds item 4294967296"),
+        ('name = "x"\n[aqgan]\nproposals = 10000000\n', "held in memory"),
+        ('name = "x"\n[baselines]\nilp_probes = 1\n', "two probes"),
+        ('name = "x"\n[data]\nval_size = 0\n', "data.val_size = 0 is out of range"),
+        # names that would leave --results
+        ('name = ".."\n', "experiment name '..' must be one folder name"),
+        ('name = "a/b"\n', "experiment name 'a/b'"),
+        ('name = "/abs"\n', "experiment name '/abs'"),
+        ('name = ".hidden"\n', "experiment name '.hidden'"),
+        ('name = ""\n', "experiment name ''"),
+        ("name = 3\n", "experiment name 3"),
     ],
 )
 def test_bad_preset_files(tmp_path, text, message):
@@ -67,3 +99,49 @@ def test_every_shipped_preset_loads_and_its_design_points_are_feasible(name):
     layers = layer_table(build_model(exp.model.name, classes, shape, exp.model.width), shape)
     planned = design_points(exp, layers)
     assert len(planned) >= 6 and len({p.hw_name for p in planned}) >= 3
+
+
+def test_every_numeric_setting_has_a_range():
+    """A new numeric field must get its line in ``LIMITS``: that is what checks it."""
+    from dataclasses import fields
+
+    from aqgan_ray.settings import _SECTIONS, LIMITS
+
+    numeric = {"seed"}
+    for section, cls in _SECTIONS.items():
+        for f in fields(cls):
+            default = getattr(cls(), f.name)
+            value = default[0] if isinstance(default, tuple) and default else default
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                numeric.add(f"{section}.{f.name}")
+    assert numeric == set(LIMITS)
+
+
+def test_good_values_pass_and_convert(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('name = "my-run_2.b"\nseed = 4294967295\n[model]\nwidth = 1\n')
+    exp = load_experiment(path=str(path))
+    assert exp.name == "my-run_2.b" and exp.seed == 4294967295
+    assert exp.model.width == 1.0 and isinstance(exp.model.width, float)
+
+
+def test_overrides_and_python_values_are_checked_too():
+    from dataclasses import replace
+
+    from aqgan_ray.settings import Experiment
+
+    with pytest.raises(UserError, match="seed = -1 is out of range"):
+        load_experiment("smoke", seed=-1)
+    with pytest.raises(UserError, match="experiment name '..'"):
+        Experiment(name="..")
+    with pytest.raises(UserError, match="experiment name '../x'"):
+        replace(load_experiment("smoke"), name="../x")
+
+
+def test_a_preset_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_bytes(b'name = "x\xff"\n')
+    with pytest.raises(UserError, match=r"--config .*p.toml is not UTF-8 text \(byte 0xff"):
+        load_experiment(path=str(path))
+    with pytest.raises(UserError, match="does not exist"):
+        load_experiment(path="x" * 5000)  # too long a name for the file system

@@ -10,7 +10,6 @@ the searching baselines ran.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from aqgan_ray.atomic import write_atomic, write_text  # noqa: E402
+from aqgan_ray.atomic import read_json, write_atomic, write_text  # noqa: E402
 from aqgan_ray.errors import UserError  # noqa: E402
 from aqgan_ray.store import read_frame  # noqa: E402
 from baselines import METHODS  # noqa: E402
@@ -38,7 +37,7 @@ def load_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
             "first (or point --results at the directory that holds it)"
         )
     summary_path = run_dir / "run.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_json(summary_path) if summary_path.is_file() else {}
     fidelity_path = run_dir / "fidelity.parquet"
     fidelity = read_frame(fidelity_path) if fidelity_path.is_file() else None
     return read_frame(cost_path), read_frame(run_dir / "traces.parquet"), fidelity, summary
@@ -512,11 +511,7 @@ def compare(dirs: list[Path]) -> pd.DataFrame:
                 "of finished runs"
             )
         summary_path = Path(folder) / "run.json"
-        chance = (
-            json.loads(summary_path.read_text()).get("chance_acc")
-            if summary_path.is_file()
-            else None
-        )
+        chance = read_json(summary_path).get("chance_acc") if summary_path.is_file() else None
         table = summary_table(read_frame(path), chance).reset_index()
         frames.append(table.assign(run=str(folder)))
     rows = pd.concat(frames, ignore_index=True)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from tqdm import tqdm
 
-from aqgan_ray.atomic import write_json
+from aqgan_ray.atomic import read_json, write_json
 from aqgan_ray.errors import UserError
 from aqgan_ray.experiment import design, ledger, report
 from aqgan_ray.session import COMPACT_OVER_PARTS, Session
@@ -110,7 +110,7 @@ def run(
     except ValueError:
         raise UserError("the experiment's settings hold a non-finite number (nan, inf)") from None
     if manifest.is_file():
-        stored = json.loads(manifest.read_text())
+        stored = read_json(manifest)
         if stored != fingerprint:
             differs = sorted(k for k in fingerprint if stored.get(k) != fingerprint[k]) or ["?"]
             raise UserError(
