@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from aqgan_ray.atomic import fsync_dir
 from aqgan_ray.cost import get_hw_model, parse_budget, within_budget
 from aqgan_ray.errors import UserError
 from aqgan_ray.layers import Layer
@@ -206,7 +208,12 @@ def discard_stale(folder: Path, wanted: dict) -> None:
     instead of refused."""
     stored = read_identity(folder)
     if stored is not None and stored != wanted:
-        shutil.rmtree(folder)
+        # Renamed away first (one atomic step, folder synced), then deleted: a kill halfway
+        # through a bare rmtree could leave an Optuna journal without its checkpoint.
+        doomed = folder.with_name(f".discarded-{folder.name}-{uuid.uuid4().hex[:8]}")
+        folder.rename(doomed)
+        fsync_dir(folder.parent)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def experiment_fingerprint(exp_dict: dict[str, Any]) -> dict[str, Any]:
