@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from aqgan_ray.errors import UserError
+from aqgan_ray.errors import PoolFailure, UserError
 
 if TYPE_CHECKING:  # the heavy modules load only in the commands that use them
     from aqgan_ray.session import Session
@@ -80,7 +80,8 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
         "--address",
         default=None,
         metavar="ADDR",
-        help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: embedded local Ray)",
+        help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS if set, else "
+        "an embedded local Ray)",
     )
     g.add_argument(
         "--workers", type=int, default=None, metavar="K", help="evaluator actors (default: fill)"
@@ -737,6 +738,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 if not caller_connected:
                     _release_ray()
+    except PoolFailure as exc:  # the cluster failed, not the input: a code of its own
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,3 +9,9 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Bad input: the message says what was wrong, what was expected, and how to fix it."""
+
+
+class PoolFailure(UserError):
+    """The evaluators' Ray cluster failed under a run (a node died, evaluators keep dying or
+    stall, the pool cannot be placed): nothing the user typed was wrong, but the message is
+    as final, one line; what was evaluated is already in the store."""

@@ -1,15 +1,19 @@
 """The distribution layer: evaluator actors on Ray, the package's one ``Pool`` that imports
 ``ray`` (``aqgan.tune`` is the other Ray module: Ray Tune).
 
-- ``connect`` starts an embedded local Ray, or joins a cluster (``auto``, ``HOST:PORT``,
-  ``ray://HOST:PORT``), failing fast with one line when the address cannot be reached.
-- ``EvaluatorPool`` starts evaluator actors that each load the model, calibration and
-  validation images once, from Ray's object store (``ray.put`` once, by reference after that),
-  so worker nodes need neither a shared filesystem nor a copy of the dataset. Tasks carry only
-  configs. Results are consumed in completion order (``ray.wait``).
-- An actor that dies (OOM killer, node lost, ``kill -9``) is replaced and the configs it held
-  are sent again; nothing is lost and, because a dead actor returns nothing, nothing is
-  counted twice.
+- ``connect`` starts an embedded local Ray of its own (``address="local"``: never a stale
+  ``ray_current_cluster``), joins the cluster ``RAY_ADDRESS`` names, or joins a given one
+  (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), failing with one line when it cannot.
+- ``EvaluatorPool`` reserves its CPUs/GPUs in a placement group (one bundle per evaluator), then
+  starts evaluator actors in the bundles; each loads the model, calibration and validation
+  images once, from Ray's object store (``ray.put`` once, by reference after that), so worker
+  nodes need neither a shared filesystem nor a copy of the dataset. Tasks carry only configs.
+  Results are consumed in completion order (``ray.wait``).
+- An actor that dies (OOM killer, ``kill -9``, node lost) is replaced in its own reserved
+  bundle and the configs it held are sent again; nothing is lost and, because a dead actor
+  returns nothing, nothing is counted twice.
+- Nothing waits forever: every wait has a deadline, and a lost node, evaluators that keep
+  dying or stall end the run with one ``PoolFailure`` line; the store keeps what was evaluated.
 """
 
 from __future__ import annotations
@@ -19,18 +23,38 @@ import os
 import socket
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import (
+    AuthenticationError,
+    LocalRayletDiedError,
+    NodeDiedError,
+    ObjectLostError,
+    RayActorError,
+    RayError,
+    RaySystemError,
+    RpcError,
+    WorkerCrashedError,
+)
+from ray.util.placement_group import (
+    PlacementGroup,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import Tensor
 
 from aqgan_ray.config import QuantConfig
-from aqgan_ray.errors import UserError
+from aqgan_ray.errors import PoolFailure, UserError
 from aqgan_ray.evaluate import EvalResult, Evaluator
 from aqgan_ray.pools.base import Evaluated
 from aqgan_ray.prepare import Prepared
@@ -40,6 +64,45 @@ CONNECT_TIMEOUT_S = 5.0
 # Two tasks in flight per actor: the next config is already waiting when one finishes, so an
 # actor never idles for a driver round trip.
 TASKS_PER_ACTOR = 2
+# Smallest CPU share of an evaluator: below it Ray's accounting (1e-4 units) and torch's one
+# thread make the number meaningless, and NaN would pass every comparison.
+MIN_CPUS_PER_WORKER = 0.01
+# Reserving the pool's bundles takes well under a second when the CPUs are free; a minute
+# lets another job's actors finish, then we say who holds the cluster instead of queueing.
+RESERVE_TIMEOUT_S = 60.0
+# Building the actors and the first evaluation (torch.compile included) on a busy node; the
+# same allowance ``worker_pids`` and ``warm_up`` give.
+BUILD_TIMEOUT_S = 900.0
+# A replacement goes into its dead predecessor's reserved bundle, so this covers building the
+# evaluator, or Ray moving a lost node's bundle elsewhere; after it the slot is given up.
+REPLACE_TIMEOUT_S = 300.0
+# Ray moves a lost node's bundle within a second or two when some node has room; a bundle
+# still homeless after this, with no room anywhere, will not come up: its slot is given up.
+STRANDED_GRACE_S = 10.0
+# No result for this long while evaluations are in flight means a hang: the floor keeps fast
+# models from tripping on a scheduling hiccup, the factor keeps slow ones from tripping at all.
+MIN_STALL_S = 60.0
+STALL_FACTOR = 20.0
+# Every wait wakes this often to look at the driver's own node (a dead raylet takes Ray's
+# object store with it, and Ray ends the process at its next use of it: we must be first).
+TICK_S = 1.0
+# Ray's errors for a lost node, raylet, object or control plane: the cluster failed, not our
+# code (an exception inside an evaluation arrives as RayTaskError and keeps its traceback).
+CLUSTER_ERRORS = (
+    RayActorError,
+    RaySystemError,
+    NodeDiedError,
+    LocalRayletDiedError,
+    ObjectLostError,
+    RpcError,
+    WorkerCrashedError,
+    ConnectionError,
+)
+_RERUN = "what was evaluated is kept; rerun to continue"
+
+
+class ClusterWarning(UserWarning):
+    """A one-line note about the cluster (the CLI prints ``warning: ...``)."""
 
 
 @dataclass(frozen=True)
@@ -72,25 +135,32 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", "") or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> dict[str, object]:
-    """Join (or start) Ray once per process; a second call reuses the connection."""
+    """Join (or start) Ray once per process; a second call reuses the connection.
+
+    Without ``address``, ``RAY_ADDRESS`` is honoured as if it were given (``ray job submit``
+    sets it for the job's command), with a one-line note; unset, an embedded local Ray starts.
+    """
     if not ray.is_initialized():
-        if address is None:
-            ray.init(
-                num_cpus=num_cpus or os.cpu_count(),
-                include_dashboard=False,
-                logging_level="WARNING",
+        from_env = os.environ.get("RAY_ADDRESS", "").strip()
+        if address is None and from_env and from_env != "local":
+            warnings.warn(
+                f"joining the Ray cluster at {from_env} named by RAY_ADDRESS (unset it for an "
+                "embedded local Ray)",
+                ClusterWarning,
+                stacklevel=2,
             )
-        else:
-            _check_reachable(address)
-            try:
-                ray.init(address=address, logging_level="WARNING")
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise UserError(
-                    f"cannot join the Ray cluster at {address}: {first} (a cluster with token "
-                    "authentication needs its token: RAY_AUTH_TOKEN or ~/.ray/auth_token)"
-                ) from None
+            address = from_env
+        with _token_file_kept_private():
+            if address is None:
+                _start_local(num_cpus)
+            else:
+                _join(address)
     nodes = [n for n in ray.nodes() if n["Alive"]]
     return {
         "address": address or "local",
@@ -98,6 +168,77 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict[str
         "cpus": sum(n["Resources"].get("CPU", 0) for n in nodes),
         "gpus": sum(n["Resources"].get("GPU", 0) for n in nodes),
     }
+
+
+def _start_local(num_cpus: int | None) -> None:
+    """A new local Ray whatever else runs on the machine: ``address="local"`` skips both
+    ``RAY_ADDRESS`` and the ``ray_current_cluster`` file a dead ``ray start`` leaves behind
+    (joining that is what made ``num_cpus`` an error)."""
+    hidden = os.environ.pop("RAY_ADDRESS", None)  # not inherited by the daemons either
+    try:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            logging_level="WARNING",
+        )
+    except (ConnectionError, RuntimeError, ValueError, RayError) as exc:
+        raise UserError(f"cannot start a local Ray: {_first_line(exc)}") from None
+    finally:
+        if hidden is not None:
+            os.environ["RAY_ADDRESS"] = hidden
+
+
+def _join(address: str) -> None:
+    _check_reachable(address)
+    try:
+        ray.init(address=address, logging_level="WARNING")
+    except AuthenticationError as exc:
+        raise UserError(
+            f"cannot join the Ray cluster at {address}: {_first_line(exc).rstrip('.')}; set "
+            "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token) to the cluster's token"
+        ) from None
+    except (ConnectionError, RuntimeError, ValueError, RayError) as exc:
+        raise UserError(
+            f"cannot join the Ray cluster at {address}: {_first_line(exc)} (a cluster with token "
+            "authentication needs its token: RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+        ) from None
+
+
+def _token_path() -> Path:
+    """Where Ray reads (and, for a new local cluster, writes) its authentication token."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+@contextmanager
+def _token_file_kept_private():
+    """The token grants full control of the cluster, but Ray writes a missing token file with
+    the process umask (usually 0644). Only when Ray may write one is the umask 077 while it
+    starts (the daemons inherit it); a token file of ours readable by others ends up 0600."""
+    path = _token_path()
+    creating = not path.exists() and not os.environ.get("RAY_AUTH_TOKEN")
+    old = os.umask(0o077) if creating else None
+    try:
+        yield
+    finally:
+        if old is not None:
+            os.umask(old)
+        try:
+            mode = path.stat()
+        except OSError:
+            mode = None
+        if mode is not None and mode.st_uid == os.getuid() and mode.st_mode & 0o077:
+            try:
+                path.chmod(0o600)
+            except OSError:
+                pass
+            else:
+                if not creating:
+                    warnings.warn(
+                        f"{path} was readable by other users; made it 0600",
+                        ClusterWarning,
+                        stacklevel=3,
+                    )
 
 
 def is_connected() -> bool:
@@ -113,8 +254,16 @@ def plan_workers(spec: PoolSpec) -> int:
     """How many evaluators to start; a request the cluster cannot meet fails now, instead of
     Ray queueing actors forever."""
     cpu, gpu = spec.cpus_per_worker, spec.gpus_per_worker
-    if cpu <= 0 or gpu < 0:
-        raise UserError("--cpus-per-worker must be positive and --gpus-per-worker non-negative")
+    if not math.isfinite(cpu) or cpu < MIN_CPUS_PER_WORKER:
+        raise UserError(
+            f"--cpus-per-worker {cpu:g}: an evaluator needs a finite CPU share of at least "
+            f"{MIN_CPUS_PER_WORKER:g}"
+        )
+    if not math.isfinite(gpu) or gpu < 0 or 0 < gpu < MIN_CPUS_PER_WORKER:
+        raise UserError(
+            f"--gpus-per-worker {gpu:g}: expected 0, or a finite GPU share of at least "
+            f"{MIN_CPUS_PER_WORKER:g}"
+        )
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     capacity = _capacity(spec)
     if capacity == 0:
@@ -141,7 +290,6 @@ def _code_version() -> str:
     the latest edit differs even when the version number does not."""
     import hashlib
     from importlib.metadata import PackageNotFoundError, version
-    from pathlib import Path
 
     try:
         release = version("aqgan-ray")
@@ -164,6 +312,33 @@ def _capacity(spec: PoolSpec) -> int:
         return min(by_cpu, by_gpu)
 
     return sum(fits(n["Resources"]) for n in ray.nodes() if n["Alive"])
+
+
+def _local_raylet() -> tuple[str, int] | None:
+    """The address of the raylet this driver is attached to; None for a Ray Client driver,
+    which has none (its process does not die with a cluster node)."""
+    if ray.util.client.ray.is_connected():
+        return None
+    me = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node["NodeID"] == me and node.get("NodeManagerPort"):
+            return node["NodeManagerAddress"], int(node["NodeManagerPort"])
+    return None
+
+
+def _failed_to_build(exc: BaseException) -> bool:
+    """An exception raised while building an evaluator is our bug (or a bad model), not the
+    cluster's: it keeps Ray's error, with the actor's traceback, and is never retried."""
+    return isinstance(exc, RayActorError) and exc.actor_init_failed
+
+
+def _nodes_alive() -> tuple[int, int]:
+    """(alive, known) Ray nodes; (0, 0) when the control plane does not answer either."""
+    try:
+        nodes = ray.nodes()
+    except Exception:  # the GCS is gone too: no node can be vouched for
+        return 0, 0
+    return sum(1 for n in nodes if n["Alive"]), len(nodes)
 
 
 class _EvaluatorActor:
@@ -191,7 +366,8 @@ class _EvaluatorActor:
 
 
 class EvaluatorPool:
-    """A fixed set of evaluator actors; ``imap_unordered`` streams configs through them."""
+    """A fixed set of evaluator actors in reserved bundles; ``imap_unordered`` streams configs
+    through them. Every Ray failure leaves it as ``PoolFailure``, one line."""
 
     def __init__(
         self,
@@ -207,65 +383,181 @@ class EvaluatorPool:
         self.size = plan_workers(self.spec)
         if prepared.experiment.eval.finetune_steps > 0 and train is None:
             raise ValueError("fine-tuning evaluators need the training split")
-        # Put once; every actor (and every replacement) receives references, not copies.
-        self._args = (ray.put(prepared), ray.put(val), ray.put(train) if train else None)
-        self._compile = compile
-        self._remote = ray.remote(_EvaluatorActor).options(
-            num_cpus=self.spec.cpus_per_worker,
-            num_gpus=self.spec.gpus_per_worker,
-            scheduling_strategy="SPREAD",
-            max_restarts=0,  # replaced by us, so that in-flight configs are re-queued knowingly
-        )
-        self.actors = [self._spawn() for _ in range(self.size)]
+        self.actors: list = []
+        self._bundles: list[int] = []  # the placement-group bundle of each actor in `actors`
+        self._group: PlacementGroup | None = None
+        self._failed = False  # the cluster is gone: close() makes no Ray calls
+        self._slowest_s = 0.0  # slowest evaluation seen; sets the stall deadline
+        # Replacements being built: their readiness probe -> (actor, when spawned). Kept across
+        # streams, so an actor gets tasks only once it is up.
+        self._starting: dict[ray.ObjectRef, tuple[object, float]] = {}
+        self._checked_at = 0.0
         self.replaced = 0
+        self._raylet = _local_raylet()
+        self._compile = compile
+        try:
+            with self._cluster_failures("starting the evaluators"):
+                self._check_node()
+                # Put once; every actor (and every replacement) receives references, not copies.
+                self._args = (ray.put(prepared), ray.put(val), ray.put(train) if train else None)
+                self._group = self._reserve()
+                for bundle in range(self.size):
+                    self.actors.append(self._spawn(bundle))
+                    self._bundles.append(bundle)
+        except BaseException:
+            self.close()  # nobody else holds this half-built pool to release it
+            raise
 
-    def _spawn(self):
+    def _reserve(self) -> PlacementGroup:
+        """One bundle per evaluator, spread over the nodes: the CPUs are ours until close(),
+        so a replacement never waits for room another job took."""
+        cpu, gpu = self.spec.cpus_per_worker, self.spec.gpus_per_worker
+        bundle = {"CPU": cpu, **({"GPU": gpu} if gpu else {})}
+        group = placement_group([dict(bundle) for _ in range(self.size)], strategy="SPREAD")
+        if not self._await([group.ready()], RESERVE_TIMEOUT_S):
+            remove_placement_group(group)
+            free, total = ray.available_resources(), ray.cluster_resources()
+            raise PoolFailure(
+                f"the cluster cannot hold {self.size} evaluators of {cpu:g} CPU"
+                + (f" and {gpu:g} GPU" if gpu else "")
+                + f": after {RESERVE_TIMEOUT_S:.0f} s {free.get('CPU', 0):g} of "
+                f"{total.get('CPU', 0):g} CPU are free (other Ray jobs hold the rest, or a "
+                "node is gone); lower --workers or wait for them"
+            )
+        return group
+
+    def _spawn(self, bundle: int):
         threads = max(1, int(self.spec.cpus_per_worker))
-        return self._remote.remote(
-            *self._args, threads, self.spec.gpus_per_worker > 0, self._compile
+        strategy = PlacementGroupSchedulingStrategy(
+            placement_group=self._group, placement_group_bundle_index=bundle
+        )
+        return (
+            ray.remote(_EvaluatorActor)
+            .options(
+                num_cpus=self.spec.cpus_per_worker,
+                num_gpus=self.spec.gpus_per_worker,
+                scheduling_strategy=strategy,
+                max_restarts=0,  # replaced by us, so that in-flight configs are re-queued knowingly
+            )
+            .remote(*self._args, threads, self.spec.gpus_per_worker > 0, self._compile)
         )
 
-    def worker_pids(self, timeout_s: float = 900.0) -> list[int]:
+    # -- waiting without hanging --------------------------------------------------------------
+    def _check_node(self, every_s: float = 0.0) -> None:
+        """Fail now if this driver's raylet is gone: with it went the object store, and Ray
+        ends the process at its next use of it, with no word from us."""
+        now = time.monotonic()
+        if self._raylet is None or now - self._checked_at < every_s:
+            return
+        self._checked_at = now
+        try:
+            with socket.create_connection(self._raylet, timeout=CONNECT_TIMEOUT_S):
+                return
+        except OSError:
+            pass
+        self._failed = True
+        host, port = self._raylet
+        raise PoolFailure(
+            f"the Ray node running this driver died (its raylet at {host}:{port} is gone: the "
+            f"OOM killer, or a killed Ray process?); {_RERUN}"
+        )
+
+    def _await(self, refs: list, timeout_s: float) -> bool:
+        """Whether every ref is ready within ``timeout_s``, looking at our node every tick."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=max(0.0, min(TICK_S, left)))
+            if len(ready) == len(refs):
+                return True
+            self._check_node()
+            if left <= 0:
+                return False
+
+    @contextmanager
+    def _cluster_failures(self, doing: str):
+        """Ray's own errors for a lost node or control plane become one ``PoolFailure``
+        line, diagnosed from the nodes Ray still knows."""
+        try:
+            yield
+        except CLUSTER_ERRORS as exc:
+            if _failed_to_build(exc):
+                raise
+            raise self._failure(doing, exc) from None
+
+    def _failure(self, doing: str, exc: BaseException) -> PoolFailure:
+        self._check_node()  # this driver's node died: the sharpest diagnosis
+        alive, known = _nodes_alive()
+        if alive == 0:
+            self._failed = True
+            return PoolFailure(
+                f"the Ray node(s) running the evaluators died while {doing} ({known} known, "
+                f"none alive: {type(exc).__name__}); {_RERUN}"
+            )
+        return PoolFailure(
+            f"the Ray cluster failed while {doing} ({type(exc).__name__}: {_first_line(exc)}; "
+            f"{alive} of {known} nodes alive); {_RERUN}"
+        )
+
+    def worker_pids(self, timeout_s: float = BUILD_TIMEOUT_S) -> list[int]:
         """The actors' process ids, once every actor is built; refuses a cluster whose nodes
         run another aqgan-ray than the driver (their accuracies would not be comparable)."""
-        try:
-            described = ray.get([a.describe.remote() for a in self.actors], timeout=timeout_s)
-        except GetTimeoutError:
-            raise UserError(
-                f"evaluator actors were not ready after {timeout_s:.0f} s; is the cluster busy?"
-            ) from None
-        mine = _code_version()
-        for _, theirs in described:
-            if theirs != mine:
-                raise UserError(
-                    f"a cluster node runs aqgan-ray {theirs} but this driver runs {mine}; "
-                    "install the same version on every node (see clusters/README.md)"
+        with self._cluster_failures("building the evaluators"):
+            refs = [a.describe.remote() for a in self.actors]
+            if not self._await(refs, timeout_s):
+                raise PoolFailure(
+                    f"evaluator actors were not ready after {timeout_s:.0f} s; is the cluster busy?"
                 )
+            described = ray.get(refs)
+        for _, theirs in described:
+            self._check_version(theirs)
         return [pid for pid, _ in described]
 
-    def warm_up(self, config: QuantConfig, timeout_s: float = 900.0) -> float:
+    @staticmethod
+    def _check_version(theirs: str) -> None:
+        mine = _code_version()
+        if theirs != mine:
+            raise UserError(
+                f"a cluster node runs aqgan-ray {theirs} but this driver runs {mine}; "
+                "install the same version on every node (see clusters/README.md)"
+            )
+
+    def warm_up(self, config: QuantConfig, timeout_s: float = BUILD_TIMEOUT_S) -> float:
         """One evaluation on every actor (builds, and compiles if asked); returns seconds."""
         start = time.perf_counter()
-        try:
-            ray.get([a.evaluate.remote(config) for a in self.actors], timeout=timeout_s)
-        except GetTimeoutError:
-            raise UserError(
-                f"evaluator actors were not ready after {timeout_s:.0f} s; is the cluster busy?"
-            ) from None
+        with self._cluster_failures("warming up the evaluators"):
+            refs = [a.evaluate.remote(config) for a in self.actors]
+            if not self._await(refs, timeout_s):
+                raise PoolFailure(
+                    f"evaluator actors were not ready after {timeout_s:.0f} s; is the cluster busy?"
+                )
+            for result, _, _ in ray.get(refs):
+                self._slowest_s = max(self._slowest_s, result.eval_s)
         return time.perf_counter() - start
 
+    def stall_limit_s(self) -> float:
+        """How long in-flight evaluations may go without a result before the pool gives up:
+        the first ones may build and compile; later ones are judged by the slowest seen."""
+        if self._slowest_s <= 0:
+            return BUILD_TIMEOUT_S
+        return max(MIN_STALL_S, STALL_FACTOR * self._slowest_s)
+
+    # -- the stream ---------------------------------------------------------------------------
     def imap_unordered(self, configs: Iterable[QuantConfig]) -> Iterator[Evaluated]:
         """Evaluate ``configs`` and yield results as they complete.
 
         ``configs`` is pulled lazily, only when an actor has room, so a proposer may base its
         next config on the results yielded so far. Tasks still queued when the caller stops
-        early are cancelled.
+        early are cancelled. Every wait is bounded (``stall_limit_s``, ``REPLACE_TIMEOUT_S``);
+        only time spent waiting here counts, not time the caller spends between results.
         """
         source = iter(configs)
         retry: deque[QuantConfig] = deque()
         pending: dict[ray.ObjectRef, tuple[object, QuantConfig]] = {}
+        starting = self._starting
         load = {id(a): 0 for a in self.actors}
         exhausted = False
+        waited = 0.0  # seconds waited here since the last result
 
         def next_config() -> QuantConfig | None:
             nonlocal exhausted
@@ -277,69 +569,184 @@ class EvaluatorPool:
             exhausted = config is None
             return config
 
+        def requeue(actor) -> None:
+            for ref, (owner, other) in list(pending.items()):
+                if owner is actor:
+                    del pending[ref]
+                    retry.append(other)
+            load.pop(id(actor), None)
+
+        def replace(actor, exc: BaseException) -> None:
+            requeue(actor)
+            new = self._replace(actor, exc)
+            starting[new.describe.remote()] = (new, time.monotonic())
+
         try:
             while True:
                 # Breadth first: every idle actor gets a task before any gets a second, so a
                 # batch as small as the pool runs in parallel instead of queueing on one actor.
+                # A replacement gets tasks once built, so a slot that never comes up holds none.
+                building = {id(a) for a, _ in starting.values()}
                 for depth in range(1, TASKS_PER_ACTOR + 1):
                     for actor in self.actors:
-                        if load[id(actor)] >= depth:
+                        if id(actor) in building or load.get(id(actor), 0) >= depth:
                             continue
                         config = next_config()
                         if config is None:
                             break
                         pending[actor.evaluate.remote(config)] = (actor, config)
-                        load[id(actor)] += 1
-                if not pending:
-                    return
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                actor, config = pending.pop(ready[0])
+                        load[id(actor)] = load.get(id(actor), 0) + 1
+                if not pending and (not starting or (exhausted and not retry)):
+                    return  # a replacement still starting is of use to the next stream only
+                began = time.monotonic()
+                with self._cluster_failures("evaluating"):
+                    done, _ = ray.wait(
+                        list(pending) + list(starting), num_returns=1, timeout=TICK_S
+                    )
+                self._check_node(every_s=TICK_S)
+                if not done:
+                    if pending:  # only in-flight evaluations can stall
+                        waited += time.monotonic() - began
+                    for ref, (actor, since) in list(starting.items()):
+                        if self._hopeless(actor, time.monotonic() - since):
+                            del starting[ref]
+                            self._give_up(actor)
+                    if pending and waited > self.stall_limit_s():
+                        raise self._stalled(waited)
+                    continue
+                ref = done[0]
+                if ref in starting:
+                    actor, _ = starting.pop(ref)
+                    try:
+                        _, theirs = ray.get(ref)
+                    except RayActorError as exc:
+                        if _failed_to_build(exc):
+                            raise
+                        replace(actor, exc)
+                        continue
+                    except CLUSTER_ERRORS as exc:
+                        raise self._failure("replacing an evaluator", exc) from None
+                    self._check_version(theirs)
+                    load[id(actor)] = 0
+                    waited = 0.0  # its first evaluation starts the clock anew
+                    continue
+                actor, config = pending.pop(ref)
                 load[id(actor)] -= 1
                 try:
-                    result, node_id, pid = ray.get(ready[0])
+                    result, node_id, pid = ray.get(ref)
                 except RayActorError as exc:
+                    if _failed_to_build(exc):
+                        raise
                     retry.append(config)
-                    for ref, (other_actor, other) in list(pending.items()):
-                        if other_actor is actor:
-                            del pending[ref]
-                            retry.append(other)
-                    new = self._replace(actor, exc)
-                    if new is not None:
-                        load[id(new)] = 0
+                    replace(actor, exc)
                     continue
+                except CLUSTER_ERRORS as exc:
+                    raise self._failure("evaluating", exc) from None
+                waited = 0.0
+                self._slowest_s = max(self._slowest_s, result.eval_s)
                 yield Evaluated(config, result, node_id, pid)
         finally:
-            for ref in pending:  # queued behind a running task; the running one finishes
-                ray.cancel(ref)
+            if not self._failed:
+                for ref in pending:  # queued behind a running task; the running one finishes
+                    try:
+                        ray.cancel(ref)
+                    except Exception:  # the actor is gone already: nothing to cancel
+                        pass
 
-    def _replace(self, dead, exc: RayActorError):
-        """A new actor in place of ``dead``, or none if the cluster has lost the room for it
-        (a node went away): the pool shrinks rather than wait forever for resources."""
+    def _replace(self, dead, exc: BaseException):
+        """A new actor in ``dead``'s own bundle, which stays reserved for us, so it never waits
+        for room; a node that died is the one thing a replacement cannot fix."""
         self.replaced += 1
+        self._check_node()
+        alive, known = _nodes_alive()
+        if alive == 0:
+            self._failed = True
+            raise PoolFailure(
+                f"the Ray node(s) running the evaluators died ({known} known, none alive); {_RERUN}"
+            )
         if self.replaced > 3 * self.size + 3:
-            raise RuntimeError(f"evaluator actors keep dying ({self.replaced} replaced): {exc}")
-        ray.kill(dead, no_restart=True)
+            raise PoolFailure(
+                f"evaluator actors keep dying ({self.replaced} replaced, the last: "
+                f"{type(exc).__name__}: {_first_line(exc)}); {_RERUN}"
+            )
+        try:
+            ray.kill(dead, no_restart=True)
+        except RayError:
+            pass  # dead already
         slot = self.actors.index(dead)
-        room = _capacity(self.spec) >= len(self.actors)
-        what = "replacing it" if room else "the cluster has no room for another, continuing with"
         print(
-            f"warning: an evaluator died ({type(exc).__name__}); {what}"
-            + ("" if room else f" {len(self.actors) - 1}")
-            + "; its configs are queued again",
+            f"warning: an evaluator died ({type(exc).__name__}); replacing it in its reserved "
+            "slot; its configs are queued again",
             file=sys.stderr,
         )
-        if room:
-            self.actors[slot] = self._spawn()
-            return self.actors[slot]
-        del self.actors[slot]
+        with self._cluster_failures("replacing an evaluator"):
+            self.actors[slot] = self._spawn(self._bundles[slot])
+        return self.actors[slot]
+
+    def _hopeless(self, actor, waited: float) -> bool:
+        """Whether a replacement will not come up: past the deadline, or its bundle has no
+        live node and no room is free anywhere for Ray to move it."""
+        if waited > REPLACE_TIMEOUT_S:
+            return True
+        if waited < STRANDED_GRACE_S:
+            return False
+        bundle = self._bundles[self.actors.index(actor)]
+        with self._cluster_failures("replacing an evaluator"):
+            table = placement_group_table(self._group)
+            home = table.get("bundles_to_node_id", {}).get(bundle, "")
+            if home in {n["NodeID"] for n in ray.nodes() if n["Alive"]}:
+                return False
+            free = ray.available_resources()
+        need = table.get("bundles", {}).get(bundle, {})
+        return any(free.get(name, 0) + 1e-9 < amount for name, amount in need.items())
+
+    def _give_up(self, actor) -> None:
+        """A replacement that was not built in time (its bundle's node is gone and no other
+        node has room): the pool goes on with the others, or fails if none is left."""
+        slot = self.actors.index(actor)
+        del self.actors[slot], self._bundles[slot]
+        try:
+            ray.kill(actor, no_restart=True)
+        except RayError:
+            pass
         if not self.actors:
-            raise UserError("every evaluator node is gone; the results so far are in the store")
-        return None
+            alive, known = _nodes_alive()
+            raise PoolFailure(
+                f"no evaluator could be restarted (their nodes are gone and no other has room; "
+                f"{alive} of {known} Ray nodes alive); {_RERUN}"
+            )
+        print(
+            "warning: a replacement evaluator cannot start (its node is gone and no other has "
+            f"room); continuing with {len(self.actors)}",
+            file=sys.stderr,
+        )
+
+    def _stalled(self, waited: float) -> PoolFailure:
+        alive, known = _nodes_alive()
+        seen = f"the slowest so far took {self._slowest_s:.1f} s" if self._slowest_s else "none yet"
+        return PoolFailure(
+            f"no evaluation finished in {waited:.0f} s ({seen}; {len(self.actors)} evaluators, "
+            f"{alive} of {known} Ray nodes alive): the evaluators hang or the cluster is "
+            f"overloaded; {_RERUN}"
+        )
 
     def close(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
-        self.actors = []
+        """Stop the actors and release the reservation; after a lost cluster, nothing to ask."""
+        actors, self.actors = self.actors, []
+        self._starting.clear()
+        group, self._group = self._group, None
+        if self._failed:
+            return
+        for actor in actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except RayError:
+                pass
+        if group is not None:
+            try:
+                remove_placement_group(group)
+            except RayError:
+                pass
 
     def __enter__(self) -> EvaluatorPool:
         return self
