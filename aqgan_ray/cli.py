@@ -80,8 +80,8 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
         "--address",
         default=None,
         metavar="ADDR",
-        help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS if set, else "
-        "an embedded local Ray)",
+        help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS if "
+        "set, else an embedded local Ray)",
     )
     g.add_argument(
         "--workers", type=int, default=None, metavar="K", help="evaluator actors (default: fill)"
