@@ -1,9 +1,6 @@
-"""The distribution layer: evaluator actors on Ray, the package's one ``Pool`` that imports
-``ray`` (``aqgan.tune`` is the other Ray module: Ray Tune).
+"""The distribution layer's evaluators: actors on Ray, the package's one ``Pool`` that imports
+``ray`` (``pools.cluster`` starts or joins Ray; ``aqgan.tune`` is Ray Tune).
 
-- ``connect`` starts an embedded local Ray of its own (``address="local"``: never a stale
-  ``ray_current_cluster``), joins the cluster ``RAY_ADDRESS`` names, or joins a given one
-  (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), failing with one line when it cannot.
 - ``EvaluatorPool`` reserves its CPUs/GPUs in a placement group (one bundle per evaluator), then
   starts evaluator actors in the bundles; each loads the model, calibration and validation
   images once, from Ray's object store (``ray.put`` once, by reference after that), so worker
@@ -18,23 +15,18 @@
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import sys
 import time
-import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import ray
 import torch
 from ray.exceptions import (
-    AuthenticationError,
     LocalRayletDiedError,
     NodeDiedError,
     ObjectLostError,
@@ -57,16 +49,33 @@ from aqgan_ray.config import QuantConfig
 from aqgan_ray.errors import PoolFailure, UserError
 from aqgan_ray.evaluate import EvalResult, Evaluator
 from aqgan_ray.pools.base import Evaluated
+from aqgan_ray.pools.cluster import (  # re-exported: the pool's callers start here
+    CONNECT_TIMEOUT_S,
+    MIN_CPUS_PER_WORKER,
+    ClusterWarning,
+    PoolSpec,
+    connect,
+    disconnect,
+    first_line,
+    is_connected,
+    plan_workers,
+)
 from aqgan_ray.prepare import Prepared
 
-# How long a cluster address may take to answer a TCP connection before we call it unreachable.
-CONNECT_TIMEOUT_S = 5.0
+__all__ = [
+    "MIN_CPUS_PER_WORKER",
+    "ClusterWarning",
+    "EvaluatorPool",
+    "PoolSpec",
+    "connect",
+    "disconnect",
+    "is_connected",
+    "plan_workers",
+]
+
 # Two tasks in flight per actor: the next config is already waiting when one finishes, so an
 # actor never idles for a driver round trip.
 TASKS_PER_ACTOR = 2
-# Smallest CPU share of an evaluator: below it Ray's accounting (1e-4 units) and torch's one
-# thread make the number meaningless, and NaN would pass every comparison.
-MIN_CPUS_PER_WORKER = 0.01
 # Reserving the pool's bundles takes well under a second when the CPUs are free; a minute
 # lets another job's actors finish, then we say who holds the cluster instead of queueing.
 RESERVE_TIMEOUT_S = 60.0
@@ -101,190 +110,6 @@ CLUSTER_ERRORS = (
 _RERUN = "what was evaluated is kept; rerun to continue"
 
 
-class ClusterWarning(UserWarning):
-    """A one-line note about the cluster (the CLI prints ``warning: ...``)."""
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    workers: int | None = None  # None: as many as the cluster's nodes can hold
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-
-
-def _check_reachable(address: str) -> None:
-    """A TCP probe with a short timeout: ``ray.init`` itself retries for a minute or more."""
-    if address == "auto":
-        return
-    target = urlsplit(address if "://" in address else f"tcp://{address}")
-    if target.scheme not in ("tcp", "ray"):
-        raise UserError(f"--address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
-    try:
-        host, port = target.hostname, target.port
-    except ValueError:
-        host, port = None, None
-    if not host or port is None:
-        raise UserError(f"--address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise UserError(
-            f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); check the "
-            "address and that `ray start --head` runs there"
-        ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", "") or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def connect(address: str | None = None, num_cpus: int | None = None) -> dict[str, object]:
-    """Join (or start) Ray once per process; a second call reuses the connection.
-
-    Without ``address``, ``RAY_ADDRESS`` is honoured as if it were given (``ray job submit``
-    sets it for the job's command), with a one-line note; unset, an embedded local Ray starts.
-    """
-    if not ray.is_initialized():
-        from_env = os.environ.get("RAY_ADDRESS", "").strip()
-        if address is None and from_env and from_env != "local":
-            warnings.warn(
-                f"joining the Ray cluster at {from_env} named by RAY_ADDRESS (unset it for an "
-                "embedded local Ray)",
-                ClusterWarning,
-                stacklevel=2,
-            )
-            address = from_env
-        with _token_file_kept_private():
-            if address is None:
-                _start_local(num_cpus)
-            else:
-                _join(address)
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    return {
-        "address": address or "local",
-        "nodes": len(nodes),
-        "cpus": sum(n["Resources"].get("CPU", 0) for n in nodes),
-        "gpus": sum(n["Resources"].get("GPU", 0) for n in nodes),
-    }
-
-
-def _start_local(num_cpus: int | None) -> None:
-    """A new local Ray whatever else runs on the machine: ``address="local"`` skips both
-    ``RAY_ADDRESS`` and the ``ray_current_cluster`` file a dead ``ray start`` leaves behind
-    (joining that is what made ``num_cpus`` an error)."""
-    hidden = os.environ.pop("RAY_ADDRESS", None)  # not inherited by the daemons either
-    try:
-        ray.init(
-            address="local",
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            logging_level="WARNING",
-        )
-    except (ConnectionError, RuntimeError, ValueError, RayError) as exc:
-        raise UserError(f"cannot start a local Ray: {_first_line(exc)}") from None
-    finally:
-        if hidden is not None:
-            os.environ["RAY_ADDRESS"] = hidden
-
-
-def _join(address: str) -> None:
-    _check_reachable(address)
-    try:
-        ray.init(address=address, logging_level="WARNING")
-    except AuthenticationError as exc:
-        raise UserError(
-            f"cannot join the Ray cluster at {address}: {_first_line(exc).rstrip('.')}; set "
-            "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token) to the cluster's token"
-        ) from None
-    except (ConnectionError, RuntimeError, ValueError, RayError) as exc:
-        raise UserError(
-            f"cannot join the Ray cluster at {address}: {_first_line(exc)} (a cluster with token "
-            "authentication needs its token: RAY_AUTH_TOKEN or ~/.ray/auth_token)"
-        ) from None
-
-
-def _token_path() -> Path:
-    """Where Ray reads (and, for a new local cluster, writes) its authentication token."""
-    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-
-
-@contextmanager
-def _token_file_kept_private():
-    """The token grants full control of the cluster, but Ray writes a missing token file with
-    the process umask (usually 0644). Only when Ray may write one is the umask 077 while it
-    starts (the daemons inherit it); a token file of ours readable by others ends up 0600."""
-    path = _token_path()
-    creating = not path.exists() and not os.environ.get("RAY_AUTH_TOKEN")
-    old = os.umask(0o077) if creating else None
-    try:
-        yield
-    finally:
-        if old is not None:
-            os.umask(old)
-        try:
-            mode = path.stat()
-        except OSError:
-            mode = None
-        if mode is not None and mode.st_uid == os.getuid() and mode.st_mode & 0o077:
-            try:
-                path.chmod(0o600)
-            except OSError:
-                pass
-            else:
-                if not creating:
-                    warnings.warn(
-                        f"{path} was readable by other users; made it 0600",
-                        ClusterWarning,
-                        stacklevel=3,
-                    )
-
-
-def is_connected() -> bool:
-    return ray.is_initialized()
-
-
-def disconnect() -> None:
-    if ray.is_initialized():
-        ray.shutdown()
-
-
-def plan_workers(spec: PoolSpec) -> int:
-    """How many evaluators to start; a request the cluster cannot meet fails now, instead of
-    Ray queueing actors forever."""
-    cpu, gpu = spec.cpus_per_worker, spec.gpus_per_worker
-    if not math.isfinite(cpu) or cpu < MIN_CPUS_PER_WORKER:
-        raise UserError(
-            f"--cpus-per-worker {cpu:g}: an evaluator needs a finite CPU share of at least "
-            f"{MIN_CPUS_PER_WORKER:g}"
-        )
-    if not math.isfinite(gpu) or gpu < 0 or 0 < gpu < MIN_CPUS_PER_WORKER:
-        raise UserError(
-            f"--gpus-per-worker {gpu:g}: expected 0, or a finite GPU share of at least "
-            f"{MIN_CPUS_PER_WORKER:g}"
-        )
-    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    capacity = _capacity(spec)
-    if capacity == 0:
-        largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
-        raise UserError(
-            f"an evaluator asks for {cpu:g} CPU and {gpu:g} GPU but no node has that much "
-            f"(largest: {largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU); lower "
-            "--cpus-per-worker/--gpus-per-worker or add nodes"
-        )
-    if spec.workers is None:
-        return capacity
-    if spec.workers < 1:
-        raise UserError("--workers must be at least 1")
-    if spec.workers > capacity:
-        raise UserError(
-            f"--workers {spec.workers} asks for more evaluators than the cluster holds: "
-            f"{capacity} fit at {cpu:g} CPU / {gpu:g} GPU each; lower --workers"
-        )
-    return spec.workers
-
-
 def _code_version() -> str:
     """The package version plus a digest of its sources: a node where `ray up` did not ship
     the latest edit differs even when the version number does not."""
@@ -300,18 +125,6 @@ def _code_version() -> str:
     for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode() + path.read_bytes())
     return f"{release}+{digest.hexdigest()[:8]}"
-
-
-def _capacity(spec: PoolSpec) -> int:
-    """Evaluators of ``spec``'s size that the live nodes hold (an actor fits on one node)."""
-    cpu, gpu = spec.cpus_per_worker, spec.gpus_per_worker
-
-    def fits(res: dict) -> int:
-        by_cpu = math.floor(res.get("CPU", 0) / cpu + 1e-9)
-        by_gpu = math.floor(res.get("GPU", 0) / gpu + 1e-9) if gpu else by_cpu
-        return min(by_cpu, by_gpu)
-
-    return sum(fits(n["Resources"]) for n in ray.nodes() if n["Alive"])
 
 
 def _local_raylet() -> tuple[str, int] | None:
@@ -495,7 +308,7 @@ class EvaluatorPool:
                 f"none alive: {type(exc).__name__}); {_RERUN}"
             )
         return PoolFailure(
-            f"the Ray cluster failed while {doing} ({type(exc).__name__}: {_first_line(exc)}; "
+            f"the Ray cluster failed while {doing} ({type(exc).__name__}: {first_line(exc)}; "
             f"{alive} of {known} nodes alive); {_RERUN}"
         )
 
@@ -667,7 +480,7 @@ class EvaluatorPool:
         if self.replaced > 3 * self.size + 3:
             raise PoolFailure(
                 f"evaluator actors keep dying ({self.replaced} replaced, the last: "
-                f"{type(exc).__name__}: {_first_line(exc)}); {_RERUN}"
+                f"{type(exc).__name__}: {first_line(exc)}); {_RERUN}"
             )
         try:
             ray.kill(dead, no_restart=True)
