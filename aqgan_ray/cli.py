@@ -90,14 +90,20 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G")
 
 
-class Terminated(BaseException):
+class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, as Ctrl-C raises KeyboardInterrupt: the stack
-    unwinds through every ``finally`` (buffered store rows, checkpoints) before the exit."""
+    unwinds through every ``finally`` (buffered store rows, checkpoints) before the exit. A
+    KeyboardInterrupt because Ray's waits turn one raised inside them into a plain
+    KeyboardInterrupt (anything else into a SystemError): ``_sigterm`` says which it was."""
+
+
+_sigterm = threading.Event()
 
 
 def _terminate(signum: int, frame: object) -> NoReturn:
     # A second SIGTERM must not cut short the unwinding (a store flushing its rows) it started.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _sigterm.set()
     raise Terminated
 
 
@@ -108,6 +114,7 @@ def _sigterm_unwinds():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _sigterm.clear()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         yield
@@ -744,12 +751,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (``Terminated``, perhaps re-raised by Ray)
+        if _sigterm.is_set():
+            print("error: terminated; what was written so far is kept", file=sys.stderr)
+            return 143
         print("error: interrupted; what was written so far is kept", file=sys.stderr)
         return 130
-    except Terminated:
-        print("error: terminated; what was written so far is kept", file=sys.stderr)
-        return 143
     if args.json:
         print(json.dumps(_json_safe(result), allow_nan=False), file=stdout)
     return 0
