@@ -128,8 +128,10 @@ def _sigterm_unwinds():
 # checks in cmd_generate, --seed its own in _check_options.
 _OPTION_LIMITS: dict[str, tuple[float, int | None, bool, str]] = {
     "workers": (1, None, False, ""),
-    "cpus_per_worker": (0.1, None, False, "an evaluator loads a model; at most 10 per CPU"),
-    "gpus_per_worker": (0.01, None, True, "0: CPU only; Ray splits a GPU at most 100 ways"),
+    # settings.MIN_CPUS/GPUS_PER_WORKER, as the pool checks them (a test keeps them equal; the
+    # CLI imports no settings, hence torch, before a command runs).
+    "cpus_per_worker": (0.1, None, False, "at most 10 evaluators per CPU"),
+    "gpus_per_worker": (0.01, None, True, "0: CPU only; at most 100 per GPU"),
     "samples": (0, None, False, ""),
     "tune_samples": (0, None, False, ""),
     "steps": (1, None, False, ""),

@@ -151,6 +151,11 @@ class Experiment:
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # numpy's legacy seeding (``RandomState``, which Ray Tune and Optuna use) takes 0..2**32-1.
 MAX_SEED = 2**32 - 1
+# Smallest share of a CPU and of a GPU an evaluator may ask for (``--cpus-per-worker``,
+# ``--gpus-per-worker``): an evaluator loads a whole model, so at most 10 per CPU; Ray splits a
+# GPU at most 100 ways. The CLI and the pool refuse the same values.
+MIN_CPUS_PER_WORKER = 0.1
+MIN_GPUS_PER_WORKER = 0.01
 
 
 def check_name(name: Any) -> str:

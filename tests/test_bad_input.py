@@ -266,3 +266,10 @@ def test_sigterm_handler_only_in_the_main_thread(monkeypatch):
     worker.start()
     worker.join()
     assert codes == [0] and seen == [previous]
+
+
+def test_the_cli_and_the_pool_refuse_the_same_worker_shares():
+    from aqgan_ray import cli, settings
+
+    assert cli._OPTION_LIMITS["cpus_per_worker"][0] == settings.MIN_CPUS_PER_WORKER
+    assert cli._OPTION_LIMITS["gpus_per_worker"][0] == settings.MIN_GPUS_PER_WORKER

@@ -79,6 +79,9 @@ def train(
     if spec_in.tune_samples:
         from aqgan_ray.aqgan import tune  # Ray Tune: only when asked for
 
+        # Tune's trials need the CPUs the evaluators hold (their placement group reserves every
+        # one by default): the pool stops here and starts again when refinement evaluates.
+        service.close()
         tuned, metrics, state = tune.search(
             data, list(choices), spec, spec_in.tune_samples, run_dir / "tune", seed
         )

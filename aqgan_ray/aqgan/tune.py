@@ -107,7 +107,10 @@ def _untrusted_reason(path: Path) -> str | None:
             return f"{folder} is a symbolic link"
         if st.st_uid != uid:
             return f"{folder} is owned by uid {st.st_uid}, not by you (uid {uid})"
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # Group write is the user's own group's under umask 002 (Debian, Ubuntu) and KubeRay's
+        # fsGroup (kubelet adds it on every mount): only another group's is refused.
+        shared = st.st_mode & stat.S_IWGRP and st.st_gid != os.getgid()
+        if st.st_mode & stat.S_IWOTH or shared:
             return f"{folder} is writable by others (chmod go-w to keep it)"
     marker = path / MARKER
     try:

@@ -211,7 +211,13 @@ def discard_stale(folder: Path, wanted: dict) -> None:
         # Renamed away first (one atomic step, folder synced), then deleted: a kill halfway
         # through a bare rmtree could leave an Optuna journal without its checkpoint.
         doomed = folder.with_name(f".discarded-{folder.name}-{uuid.uuid4().hex[:8]}")
-        folder.rename(doomed)
+        try:
+            folder.rename(doomed)
+        except OSError as exc:
+            raise UserError(
+                f"cannot replace the stale search {folder} ({exc.strerror or exc}); delete it "
+                "and run again"
+            ) from None
         fsync_dir(folder.parent)
         shutil.rmtree(doomed, ignore_errors=True)
 

@@ -26,12 +26,10 @@ import ray
 from ray.exceptions import AuthenticationError, RayError
 
 from aqgan_ray.errors import UserError
+from aqgan_ray.settings import MIN_CPUS_PER_WORKER, MIN_GPUS_PER_WORKER
 
 # How long a cluster address may take to answer a TCP connection before we call it unreachable.
 CONNECT_TIMEOUT_S = 5.0
-# Smallest CPU share of an evaluator: below it Ray's accounting (1e-4 units) and torch's one
-# thread make the number meaningless, and NaN would pass every comparison.
-MIN_CPUS_PER_WORKER = 0.01
 
 
 class ClusterWarning(UserWarning):
@@ -208,10 +206,10 @@ def plan_workers(spec: PoolSpec) -> int:
             f"--cpus-per-worker {cpu:g}: an evaluator needs a finite CPU share of at least "
             f"{MIN_CPUS_PER_WORKER:g}"
         )
-    if not math.isfinite(gpu) or gpu < 0 or 0 < gpu < MIN_CPUS_PER_WORKER:
+    if not math.isfinite(gpu) or gpu < 0 or 0 < gpu < MIN_GPUS_PER_WORKER:
         raise UserError(
             f"--gpus-per-worker {gpu:g}: expected 0, or a finite GPU share of at least "
-            f"{MIN_CPUS_PER_WORKER:g}"
+            f"{MIN_GPUS_PER_WORKER:g}"
         )
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     capacity = _capacity(spec)

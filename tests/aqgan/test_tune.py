@@ -94,7 +94,21 @@ def test_a_marker_that_is_a_link_is_refused(experiment: Path, tmp_path: Path):
 def test_a_directory_others_can_write_to_is_refused(experiment: Path, up: int, mode: int):
     folder = [experiment, experiment.parent, experiment.parent.parent][up]
     os.chmod(folder, mode)
+    if mode & 0o020:  # group write is another group's only when the group is not ours
+        if not AS_ROOT:
+            pytest.skip("a folder of another group needs root to create")
+        os.chown(folder, -1, 65534)
     _refused(experiment, f"{folder} is writable by others")
+
+
+@pytest.mark.parametrize("up", [0, 1, 2], ids=["experiment", "tune", "run-dir"])
+def test_group_write_of_our_own_group_is_accepted(experiment: Path, up: int):
+    """umask 002 (Debian, Ubuntu) and KubeRay's fsGroup make folders group-writable by the
+    user's own group: a resume must still work."""
+    folder = [experiment, experiment.parent, experiment.parent.parent][up]
+    os.chown(folder, -1, os.getgid())
+    os.chmod(folder, 0o775)
+    assert tune._check_trusted(experiment) is True
 
 
 def test_the_results_directory_itself_is_not_checked(experiment: Path):
