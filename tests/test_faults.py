@@ -159,19 +159,26 @@ def _assert_trace_charged_once(trace_path: Path, store_rows: list[dict], method:
     assert fresh.is_unique, "a config evaluated now was charged twice"
 
 
+def _kill_at_random(
+    proc: subprocess.Popen, store: Path, sig: int, seed: str, rows: tuple[int, int], wait_s: float
+) -> None:
+    """Stop ``proc`` with ``sig`` once ``store`` holds a drawn number of rows, a drawn delay
+    later (seeded, printed: a failure names its kill point)."""
+    rng = random.Random(seed)
+    kill_after, delay = rng.randint(*rows), rng.uniform(0.0, wait_s)
+    print(f"kill point: {signal.Signals(sig).name} after {kill_after} rows + {delay:.2f} s")
+    _wait_for_rows(store, kill_after, proc)
+    time.sleep(delay)
+    if proc.poll() is None:
+        _stop(proc, sig)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill9", "sigterm"])
 @pytest.mark.parametrize("draw", [0, 1])
 def test_collect_killed_at_a_random_point_then_rerun(launch, tmp_path, sig, draw):
-    rng = random.Random(f"collect-{sig}-{draw}")
-    kill_after, delay = rng.randint(1, 8), rng.uniform(0.0, 2.0)
-    print(f"kill point: {signal.Signals(sig).name} after {kill_after} rows + {delay:.2f} s")
     args = ("collect", "--experiment", "smoke", "--samples", "12", "--results", str(tmp_path))
     store = tmp_path / "smoke" / "evaluations"
-    first = launch(*args)
-    _wait_for_rows(store, kill_after, first)
-    time.sleep(delay)
-    if first.poll() is None:
-        _stop(first, sig)
+    _kill_at_random(launch(*args), store, sig, f"collect-{sig}-{draw}", (1, 8), 2.0)
     _ok(launch(*args))
     _assert_no_duplicates(store, expected=12)
 
@@ -192,19 +199,12 @@ def test_collect_survives_a_killed_evaluator(launch, tmp_path):
     ("sig", "draw"), [(signal.SIGKILL, 0), (signal.SIGTERM, 1)], ids=["kill9", "sigterm"]
 )
 def test_baseline_optuna_killed_at_a_random_point_then_rerun(launch, tmp_path, sig, draw):
-    rng = random.Random(f"optuna-{draw}")
-    kill_after, delay = rng.randint(1, 5), rng.uniform(0.0, 1.5)
-    print(f"kill point: {signal.Signals(sig).name} after {kill_after} rows + {delay:.2f} s")
     args = (
         "baseline", "optuna", "--experiment", "smoke", "--hw", "bismo-edge", "--budget",
         "latency_ms=0.5x", "--evaluations", "8", "--results", str(tmp_path),
     )  # fmt: skip
     store = tmp_path / "smoke" / "evaluations"
-    first = launch(*args)
-    _wait_for_rows(store, kill_after, first)
-    time.sleep(delay)
-    if first.poll() is None:
-        _stop(first, sig)
+    _kill_at_random(launch(*args), store, sig, f"optuna-{draw}", (1, 5), 1.5)
     _ok(launch(*args))
     rows = _assert_no_duplicates(store)
     (trace,) = (tmp_path / "smoke" / "searches" / "optuna").glob("*/trace.parquet")
@@ -213,19 +213,13 @@ def test_baseline_optuna_killed_at_a_random_point_then_rerun(launch, tmp_path, s
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill9", "sigterm"])
 def test_run_killed_at_a_random_point_then_resumed(launch, tmp_path, tiny_preset, sig):
-    rng = random.Random(f"run-{sig}")
-    kill_after, delay = rng.randint(5, 40), rng.uniform(0.0, 3.0)
-    print(f"kill point: {signal.Signals(sig).name} after {kill_after} rows + {delay:.2f} s")
     args = ("run", "--config", tiny_preset, "--results", str(tmp_path))
     first = launch(*args)
     deadline = time.monotonic() + ROWS_TIMEOUT_S
     while not list(tmp_path.glob("*/evaluations")) and time.monotonic() < deadline:
         time.sleep(0.5)
     (store,) = tmp_path.glob("*/evaluations")
-    _wait_for_rows(store, kill_after, first)
-    time.sleep(delay)
-    if first.poll() is None:
-        _stop(first, sig)
+    _kill_at_random(first, store, sig, f"run-{sig}", (5, 40), 3.0)
     _ok(launch(*args, "--resume"))
     rows = _assert_no_duplicates(store)
     experiment = store.parent

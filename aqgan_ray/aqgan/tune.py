@@ -86,7 +86,7 @@ def _start_fresh(path: Path) -> None:
         marker.unlink(missing_ok=True)  # a leftover of a search that never saved its state
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         with os.fdopen(os.open(marker, flags, 0o600), "w") as f:
-            json.dump(_marker_identity(), f)
+            json.dump(_marker_identity(), f, allow_nan=False)
     except PermissionError as e:
         raise UserError(
             f"cannot prepare the Tune directory {path} ({e.strerror}): delete it to start the "
