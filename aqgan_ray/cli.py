@@ -157,6 +157,7 @@ def _check_options(args: argparse.Namespace) -> None:
         if math.isfinite(value) and value >= low and (high is None or value <= high):
             continue
         bounds = f"at least {low:g}" if high is None else f"within {low:g}..{high:d}"
+        bounds += " (non-negative)" if low == 0 and high is None else ""
         bounds = f"0 or {bounds}" if zero_ok else bounds
         finite = "" if math.isfinite(value) else "a finite number "
         reason = f" ({why})" if why else ""
