@@ -12,6 +12,7 @@ from aqgan_ray.cost import get_hw_model, parse_budget
 from aqgan_ray.errors import UserError
 from aqgan_ray.experiment.design import DesignWarning, Planned, design_points, runs_on
 from aqgan_ray.experiment.ledger import (
+    break_even,
     cost_rows,
     evaluations_to_match,
     one_time_cost,
@@ -107,6 +108,8 @@ def test_one_time_cost_is_shared_by_the_design_points_aqgan_served(smoke_layers)
     haq = by[("haq", 0.4)]
     assert haq["amortized_evaluations"] == haq["evaluations"] == 3
     assert haq["evaluations_to_match"] == 2  # reached AQGAN's 0.8 at its second evaluation
+    assert haq["evaluations_to_match_0_5"] == 2 and haq["eval_cpu_s_to_match"] == 4.0
+    assert haq["break_even_points"] == math.inf  # matched within AQGAN's own 2 evaluations
     assert math.isnan(haq["decide_s"])  # HAQ does not report it
     ilp = by[("ilp", 0.4)]
     assert ilp["evaluations"] == 1 and ilp["amortized_evaluations"] == 1 + 3.0 / 2
@@ -114,6 +117,39 @@ def test_one_time_cost_is_shared_by_the_design_points_aqgan_served(smoke_layers)
     assert ilp["amortized_wall_s"] == 3.0 + 12.0 / 2
     assert [r["method"] for r in rows] == ["aqgan", "aqgan", "ilp", "ilp", "haq"]
     assert len(trace_rows(results)) == 8
+
+
+def test_break_even_counts_the_design_points_aqgans_one_time_cost_needs():
+    assert break_even(100, 2, 12) == 10  # 100 + 10 * 2 <= 10 * 12
+    assert break_even(101, 2, 12) == 11
+    assert break_even(1, 2, 600) == 1
+    assert break_even(100, 2, 2) == math.inf
+
+
+def test_cost_to_match_is_a_lower_bound_when_never_reached_and_looser_by_half_a_point(
+    smoke_layers,
+):
+    exp = load_experiment("smoke")
+    hw = get_hw_model("bismo-edge", smoke_layers, exp.quant.bit_choices)
+    point = Planned("bismo-edge", "latency_ms=0.5x", DesignPoint(tuple(smoke_layers),
+                    exp.quant.bit_choices, hw, parse_budget("latency_ms=0.5x", hw,
+                    smoke_layers)), 0)  # fmt: skip
+    one = one_time_cost([{"config_hash": f"c{i}", "source": "collect", "eval_s": 1.0}
+                         for i in range(40)], [], train_s=1.0)  # fmt: skip
+    results = {
+        ("aqgan", point): SearchResult([_row(0, 0.9)], 0, 1, 1.0),
+        ("random", point): SearchResult([_row(i, 0.8 + i / 1000) for i in range(5)], 0, 5, 1.0),
+        ("optuna", point): SearchResult([_row(0, 0.7), _row(1, 0.896)], 0, 2, 1.0),
+    }
+    test_acc = {f"h{i}": 0.9 for i in range(5)}
+    rows = {r["method"]: r for r in cost_rows(exp, results, test_acc, {"aqgan": one})}
+    never = rows["random"]
+    assert math.isnan(never["evaluations_to_match"]) and math.isnan(never["eval_cpu_s_to_match"])
+    assert math.isnan(never["evaluations_to_match_0_5"])
+    assert never["break_even_points"] == 10  # from its 5 evaluations: 40 / (5 - 1), at most
+    near = rows["optuna"]
+    assert math.isnan(near["evaluations_to_match"]) and near["evaluations_to_match_0_5"] == 2
+    assert math.isnan(rows["aqgan"]["break_even_points"])
 
 
 def test_default_design_has_12_distinct_points():
