@@ -51,6 +51,7 @@ class OptunaTPE(Proposer):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage_path.parent.mkdir(parents=True, exist_ok=True)
         storage = JournalStorage(JournalFileBackend(str(storage_path)))
+        self.distributions = self._space(point)
         self.study = optuna.create_study(
             study_name="optuna-tpe",
             storage=storage,
@@ -58,18 +59,20 @@ class OptunaTPE(Proposer):
             direction="maximize",
             load_if_exists=True,
         )
-        self.distributions = self._space(point)
         self.trials: list[int] = []  # the study's trial number of every trace row, in order
         self.values: list[float] = []  # and its validation accuracy
         self._asked: list[int] = []  # trial numbers of the last ask, not told yet
 
-    def _sampler(self, k: int) -> optuna.samplers.TPESampler:
+    def _seed(self, k: int) -> int:
+        return int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0])
+
+    def _sampler(self, k: int) -> optuna.samplers.BaseSampler:
         """The sampler for the ``k``-th trial of the trace: seeded by (seed, k), so no random
         state outlives an ask and none needs checkpointing."""
         with warnings.catch_warnings():  # multivariate/constant_liar are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(
-                seed=int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0]),
+                seed=self._seed(k),
                 multivariate=True,
                 constant_liar=True,
                 n_startup_trials=STARTUP_TRIALS,
@@ -155,3 +158,25 @@ class OptunaTPE(Proposer):
 
     def summary(self) -> dict[str, Any]:
         return {"trials": len(self.trials), "startup_trials": STARTUP_TRIALS}
+
+
+class OptunaSamplerStart(OptunaTPE):
+    """TPE whose start-up trials are the collection sampler's draws within budget
+    (``random_sampler.fitting_draw``) instead of uniform random ones: the prior AQGAN's data
+    comes from, so TPE is not handicapped by starting at chance accuracy. Draw ``k`` comes from
+    a sampler seeded by (seed, k) and told nothing, so a resumed search draws it again."""
+
+    name = "optuna-sampler"
+
+    def _sampler(self, k: int) -> optuna.samplers.BaseSampler:
+        tpe = super()._sampler(k)
+        if k >= STARTUP_TRIALS:
+            return tpe
+        from baselines.random_sampler import fitting_draw, sampler_for
+
+        config, _ = fitting_draw(sampler_for(self.point, self._seed(k)), self.point)
+        bits = {"w": config.w_bits, "a": config.a_bits}
+        fixed = {name: bits[name[0]][int(name[1:])] for name in self.distributions}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.PartialFixedSampler(fixed, tpe)

@@ -49,3 +49,21 @@ def test_a_journal_ahead_of_its_checkpoint_is_refused(point, tmp_path):
         fresh.committed()  # TPE would learn from a result no trace charges
     with pytest.raises(UserError, match="earlier aqgan-ray"):
         fresh.load_state_dict({"told": 1})  # the format that could charge a trial twice
+
+
+def test_the_sampler_variant_starts_from_the_collection_samplers_fitting_draws(point, tmp_path):
+    from baselines.optuna_tpe import STARTUP_TRIALS, OptunaSamplerStart
+    from baselines.random_sampler import fitting_draw, sampler_for
+
+    tpe = OptunaSamplerStart(point, seed=2, storage_path=tmp_path / "a.journal")
+    tpe.committed()
+    configs = tpe.ask(STARTUP_TRIALS + 2)
+    expected = [
+        fitting_draw(sampler_for(point, tpe._seed(k)), point)[0] for k in range(STARTUP_TRIALS)
+    ]
+    assert configs[:STARTUP_TRIALS] == expected  # fit as drawn: repair leaves them unchanged
+    assert all(point.fits(c) for c in configs)
+    # a second search with the same seed asks the same, the TPE trials after start-up included
+    again = OptunaSamplerStart(point, seed=2, storage_path=tmp_path / "b.journal")
+    again.committed()
+    assert again.ask(STARTUP_TRIALS + 2) == configs
