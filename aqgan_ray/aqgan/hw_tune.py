@@ -214,6 +214,9 @@ def candidates(
             for mask in (fits, ~fits):
                 best = np.flatnonzero(mask)[np.argsort(-pred[mask], kind="stable")]
                 parts.append((idx[best[: spec.per_target]], "generator"))
+    if "sampler" in spec.sources:  # the ablation `sampler-ranked`: the generator's place
+        parts += _sampler_parts(ranker, stored_idx, stored_acc, seed, spec.targets * samples,
+                                2 * spec.targets * spec.per_target)  # fmt: skip
     order = np.argsort(-stored_acc, kind="stable")
     if "store" in spec.sources and len(order):
         parts.append((stored_idx[order[: spec.stored]], "store"))
@@ -243,6 +246,37 @@ def candidates(
     fits = ranker.fits(ranker.cost(tuned))
     keep = [i for i in unique_rows(tuned) if fits[i] and tuned[i].tobytes() not in known]
     return Candidates(tuned[keep], tuple(origin[i] for i in keep))
+
+
+def _sampler_parts(
+    ranker: Ranker,
+    stored_idx: np.ndarray,
+    stored_acc: np.ndarray,
+    seed: int,
+    draws: int,
+    keep: int,
+) -> list[tuple[np.ndarray, str]]:
+    """As many draws of the collection sampler as the generator makes, the sampler told AQGAN's
+    training rows as ``collect`` would have; of them the ``keep`` predicted most accurate, half
+    among those that fit and half among those that do not, as the generator's are kept."""
+    from aqgan_ray.sampling import CollectionSampler
+
+    loaded = ranker.loaded
+    sampler = CollectionSampler(loaded.layer_names, loaded.bit_choices, seed,
+                                keep_first_last=loaded.keep_first_last)  # fmt: skip
+    for config, acc in zip(configs_of(stored_idx, loaded.layer_names, loaded.bit_choices),
+                           stored_acc, strict=True):  # fmt: skip
+        sampler.tell(config, float(acc))
+    drawn = [sampler.ask()[0] for _ in range(draws)]
+    idx = indices_of([(c.w_bits, c.a_bits) for c in drawn], loaded.bit_choices)
+    idx = np.asarray(idx, dtype=np.int64)[unique_rows(np.asarray(idx, dtype=np.int64))]
+    pred = ranker.predict(idx)
+    fits = ranker.fits(ranker.cost(idx))
+    parts = []
+    for mask in (fits, ~fits):
+        best = np.flatnonzero(mask)[np.argsort(-pred[mask], kind="stable")]
+        parts.append((idx[best[: keep // 2]], "sampler"))
+    return parts
 
 
 class TunedAqgan(Proposer):

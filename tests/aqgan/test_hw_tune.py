@@ -130,3 +130,34 @@ def test_store_best_takes_the_most_accurate_fitting_row_whatever_the_order(synth
     method = StoreBest(point, rows)
     assert method.ask(3) == [method.choice] and method.ask(3) == []
     assert StoreBest(point, []).ask(1) == []
+
+
+def test_sampler_ranked_tunes_the_samplers_draws_in_the_generators_place(
+    trained, synthetic, point_at
+):
+    from baselines.sampler_ranked import SamplerRanked
+
+    loaded, rows = trained
+    point = point_at("energy_mj=0.4x")
+    method = SamplerRanked(loaded, point, seed=0, samples=100, top=2, stored=rows)
+    pool, _ = method._ranked()
+    assert {o.split("+")[0] for o in pool.origin} <= {"sampler", "store", "bred"}
+    assert any(o.startswith("sampler") for o in pool.origin)
+    measured = _search(method, synthetic)
+    assert 1 <= len(measured) <= 2 and all(point.fits(c) for c, _ in method.asked)
+    assert max(measured) >= method.incumbent[1]  # the same floor as AQGAN's
+
+
+def test_gan_unranked_verifies_the_first_fitting_samples_for_the_highest_targets(trained, point_at):
+    from baselines.gan_unranked import GanUnranked
+
+    loaded, _ = trained
+    point = point_at("energy_mj=0.5x")
+    method = GanUnranked(loaded, point, seed=0, samples=100, top=3)
+    picks = method.picks()
+    assert len(picks) == 3 and len({c.hash for c in picks}) == 3
+    assert all(point.fits(c) for c in picks)
+    assert method.ask(2) == picks[:2] and method.ask(2) == picks[2:] and method.ask(2) == []
+    resumed = GanUnranked(loaded, point, seed=0, samples=100, top=3)
+    resumed.load_state_dict({"asked": 2})
+    assert resumed.ask(5) == picks[2:]
