@@ -127,6 +127,9 @@ class DesignSpec:
     # uniform: all.
     search_hw: tuple[str, ...] = ()
     search_budgets: tuple[str, ...] = ()
+    # The methods `run` compares (``baselines.METHODS``; empty: all of them). AQGAN is always
+    # among them: every other method's cost to match is measured against its choice.
+    methods: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -364,7 +367,21 @@ def _validated(exp: Experiment) -> Experiment:
                 f"({', '.join(design.hw)})"
             )
     check_seeds(design.seeds)
+    _check_methods(design.methods)
     return replace(exp, model=model, quant=quant, data=data)
+
+
+def _check_methods(methods: tuple[str, ...]) -> None:
+    from baselines import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(
+            f"design.methods names unknown method {unknown[0]!r}; choose from "
+            f"{', '.join(METHODS)} (or leave it empty for all)"
+        )
+    if methods and "aqgan" not in methods:
+        raise UserError("design.methods must include 'aqgan': the others are measured against it")
 
 
 def _check_values(exp: Experiment) -> None:

@@ -1,7 +1,10 @@
-"""Every search method the comparison runs, in one registry: AQGAN, the ablation built from its
-store alone (``store``: store-best), and the baselines, uniform quantization (``uniform``),
-layer sensitivity plus integer programming (``ilp``, HAWQ-V3 style), HAQ's DDPG (``haq``),
-Optuna's TPE (``optuna``) and random search (``random``), one readable file each.
+"""Every search method the comparison runs, in one registry: AQGAN; the ablations built from its
+one-time work, which share its cost (``store``: store-best, its store alone; ``sampler-ranked``:
+its ranker without the generator; ``gan-unranked``: its generator without the ranker); and the
+baselines, uniform quantization (``uniform``), layer sensitivity plus integer programming
+(``ilp``, HAWQ-V3 style), HAQ's DDPG (``haq``), Optuna's TPE (``optuna``) and random search
+(``random``), the last two also with AQGAN's prior (``optuna-sampler``, ``random-sampler``: the
+collection sampler's draws), one readable file each.
 
 Every one is an ``aqgan_ray.search.Proposer``: it asks for configs and is told their accuracies,
 and never touches an evaluator or a cost model itself, so ``aqgan_ray.search.run_search`` drives
@@ -81,6 +84,25 @@ def _store(setup: SearchSetup) -> Proposer:
     return StoreBest(setup.point, setup.stored)
 
 
+def _sampler_ranked(setup: SearchSetup) -> Proposer:
+    from baselines.sampler_ranked import SamplerRanked
+
+    if setup.generator is None:
+        raise ValueError("sampler-ranked needs AQGAN's trained ranker")
+    spec = setup.exp.aqgan
+    return SamplerRanked(setup.generator, setup.point, setup.seed, spec.proposals,
+                         spec.verify_top, setup.stored)  # fmt: skip
+
+
+def _gan_unranked(setup: SearchSetup) -> Proposer:
+    from baselines.gan_unranked import GanUnranked
+
+    if setup.generator is None:
+        raise ValueError("gan-unranked needs AQGAN's trained generator")
+    spec = setup.exp.aqgan
+    return GanUnranked(setup.generator, setup.point, setup.seed, spec.proposals, spec.verify_top)
+
+
 def _uniform(s: SearchSetup) -> Proposer:
     from baselines.uniform import Uniform
 
@@ -108,10 +130,22 @@ def _optuna(s: SearchSetup) -> Proposer:
     return OptunaTPE(s.point, s.seed, s.folder / "optuna.journal")
 
 
+def _optuna_sampler(s: SearchSetup) -> Proposer:
+    from baselines.optuna_tpe import OptunaSamplerStart
+
+    return OptunaSamplerStart(s.point, s.seed, s.folder / "optuna.journal")
+
+
 def _random(s: SearchSetup) -> Proposer:
     from baselines.random_search import RandomSearch
 
     return RandomSearch(s.point, s.seed)
+
+
+def _random_sampler(s: SearchSetup) -> Proposer:
+    from baselines.random_sampler import SamplerSearch
+
+    return SamplerSearch(s.point, s.seed)
 
 
 def _searching_evaluations(exp: Experiment) -> int:
@@ -144,6 +178,30 @@ METHODS: dict[str, Method] = {
             _store,
             lambda exp: 1,
             lambda exp, workers: 1,
+            one_time=True,
+            shares="aqgan",
+        ),
+        Method(
+            "sampler-ranked",
+            "ablation: AQGAN's ranker and tuning over the collection sampler's draws instead "
+            "of the generator's",
+            "tab:pink",
+            False,
+            _sampler_ranked,
+            lambda exp: exp.aqgan.verify_top,
+            lambda exp, workers: 1,
+            one_time=True,
+            shares="aqgan",
+        ),
+        Method(
+            "gan-unranked",
+            "ablation: the generator's samples for high targets that fit, verified without "
+            "the ranker or the store",
+            "tab:olive",
+            False,
+            _gan_unranked,
+            lambda exp: exp.aqgan.verify_top,
+            lambda exp, workers: max(1, min(workers, exp.aqgan.verify_top)),
             one_time=True,
             shares="aqgan",
         ),
@@ -187,11 +245,30 @@ METHODS: dict[str, Method] = {
             _one_per_evaluator,
         ),
         Method(
+            "optuna-sampler",
+            "Optuna's TPE with its start-up trials drawn from AQGAN's collection sampler",
+            "darkgreen",
+            True,
+            _optuna_sampler,
+            _searching_evaluations,
+            _one_per_evaluator,
+        ),
+        Method(
             "random",
             "random search: uniform random bits per layer, rejection-sampled against the budget",
             "tab:orange",
             True,
             _random,
+            _searching_evaluations,
+            _one_per_evaluator,
+        ),
+        Method(
+            "random-sampler",
+            "random search with AQGAN's prior: the collection sampler under the budget, told "
+            "its results",
+            "goldenrod",
+            True,
+            _random_sampler,
             _searching_evaluations,
             _one_per_evaluator,
         ),

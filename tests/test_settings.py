@@ -98,7 +98,9 @@ def test_every_shipped_preset_loads_and_its_design_points_are_feasible(name):
     shape, classes = DATASET_SHAPES[exp.data.name]
     layers = layer_table(build_model(exp.model.name, classes, shape, exp.model.width), shape)
     planned = design_points(exp, layers)
-    assert len(planned) >= 6 and len({p.hw_name for p in planned}) >= 3
+    # a comparison needs distinct points on different hardware (compare-local: 2 on 2)
+    assert len({(p.hw_name, p.budget_text) for p in planned}) >= 2
+    assert len({p.hw_name for p in planned}) >= 2
 
 
 def test_every_numeric_setting_has_a_range():

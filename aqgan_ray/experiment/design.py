@@ -157,8 +157,11 @@ def _merge_identical(
 
 
 def runs_on(method: str, planned: Planned, exp) -> bool:
-    """AQGAN, store-best, uniform and the ILP run on every point; the searching methods (those
-    that spend ``baselines.evaluations``) on the preset's subset."""
+    """Only the preset's ``design.methods`` (empty: all). AQGAN, its ablations, uniform and the
+    ILP run on every point; the searching methods (those that spend ``baselines.evaluations``)
+    on the preset's subset."""
+    if exp.design.methods and method not in exp.design.methods:
+        return False
     if not METHODS[method].searching:
         return True
     design = exp.design

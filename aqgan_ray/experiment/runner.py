@@ -364,7 +364,8 @@ def _notes(exp: Experiment, planned: list[design.Planned]) -> list[str]:
             "them); the paper's is 20."
         )
     if exp.design.search_hw or exp.design.search_budgets:
-        everywhere = [m.name for m in METHODS.values() if not m.searching]
+        chosen = exp.design.methods or tuple(METHODS)
+        everywhere = [m.name for m in METHODS.values() if not m.searching and m.name in chosen]
         notes.append(
             "HAQ, Optuna and random search ran on a subset of the design points (hardware "
             f"{list(exp.design.search_hw) or 'all'}, budgets "
