@@ -1,11 +1,15 @@
 """The report: ``report.md`` and its PNG plots, built from the run's Parquet tables only, so
 ``aqgan-ray report`` can rebuild it at any time, and ``compare`` across runs.
 
-Plots (matplotlib, Agg): accuracy reached against the budget per hardware model and method;
-search cost per design point per method (log scale; marginal and amortized for the methods with
-a one-time cost, AQGAN, store-best and the ILP); AQGAN's
-target against achieved accuracy; anytime curves (best within budget against evaluations) where
-the searching baselines ran.
+Plots (matplotlib, Agg): accuracy reached against the budget per hardware model and method (mean
+and spread over seeds); search cost per design point per method (log scale; marginal and
+amortized for the methods with a one-time cost, AQGAN, store-best and the ILP); AQGAN's target
+against achieved accuracy; anytime curves (best within budget against evaluations, median and
+range over seeds) where the searching baselines ran, with AQGAN's marginal and amortized cost as
+points; and the evaluations each searching baseline needed to match AQGAN.
+
+Columns added to ``search_cost.parquet`` later (``evaluations_to_match_0_5``,
+``eval_cpu_s_to_match``, ``break_even_points``) are shown where present: older tables still build.
 """
 
 from __future__ import annotations
@@ -19,14 +23,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from aqgan_ray.atomic import read_json, write_atomic, write_text  # noqa: E402
 from aqgan_ray.errors import UserError  # noqa: E402
 from aqgan_ray.store import read_frame  # noqa: E402
-from baselines import METHODS  # noqa: E402
+from baselines import BASELINES, METHODS  # noqa: E402
 
 METHOD_ORDER = tuple(METHODS)
 COLORS = {name: method.color for name, method in METHODS.items()}
+SEARCHING = tuple(name for name, method in METHODS.items() if method.searching)
+# What ``evaluations_to_match_0_5`` allows: AQGAN's selected accuracy less half a point.
+MATCH_TOLERANCE = 0.005
 
 
 def load_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, dict]:
@@ -134,27 +142,119 @@ def readable_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pm(mean: float, std: float, signed: bool = False) -> str:
+    if pd.isna(mean):
+        return ""
     text = f"{mean:+.4f}" if signed else f"{mean:.4f}"
     return text if pd.isna(std) else f"{text} ± {std:.4f}"
 
 
 def point_table(cost: pd.DataFrame) -> pd.DataFrame:
-    """Per design point: each method's evaluations and test accuracy side by side (means over
-    seeds)."""
+    """Per design point: each method's evaluations side by side (means over seeds); the
+    accuracies, with their spread, are ``accuracy_table``'s."""
     cost = cost.assign(point=_point_key(cost))
     evaluations = cost.pivot_table(
         index="point", columns="method", values="evaluations", dropna=False
     )
     aqgan = cost[cost["method"] == "aqgan"]
     amortized = aqgan.groupby("point")["amortized_evaluations"].mean()
-    test = cost.pivot_table(index="point", columns="method", values="test_acc", dropna=False)
     out = pd.DataFrame(index=evaluations.index)
     for method in [m for m in METHOD_ORDER if m in evaluations.columns]:
         out[f"{method} evals"] = evaluations[method]
         if method == "aqgan":
             out["aqgan amortized"] = amortized
-        out[f"{method} test acc"] = test[method]
     return out
+
+
+def accuracy_table(cost: pd.DataFrame) -> pd.DataFrame:
+    """Per design point and method: validation accuracy (what the search chose on) and test
+    accuracy of the choice, mean ± std over the seeds that found one within budget."""
+    known = cost[cost["method"].isin(METHOD_ORDER)]
+    known = known.assign(point=_point_key(known), order=known["method"].map(METHOD_ORDER.index))
+    stats = (
+        known.groupby(["hw", "metric", "budget", "order", "point", "method"])
+        .agg(
+            found=("val_acc", "count"),
+            seeds=("seed", "nunique"),
+            val=("val_acc", "mean"),
+            val_std=("val_acc", "std"),
+            test=("test_acc", "mean"),
+            test_std=("test_acc", "std"),
+        )
+        .reset_index()
+    )
+    return pd.DataFrame(
+        {
+            "method": stats["method"].to_numpy(),
+            "found within budget": [
+                f"{f}/{n}" for f, n in zip(stats["found"], stats["seeds"], strict=True)
+            ],
+            "val acc": [_pm(m, s) for m, s in zip(stats["val"], stats["val_std"], strict=True)],
+            "test acc": [_pm(m, s) for m, s in zip(stats["test"], stats["test_std"], strict=True)],
+        },
+        index=stats["point"].to_numpy(),
+    )
+
+
+def match_rows(cost: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the methods matched against AQGAN (every one without a one-time cost), in
+    design-point order, with ``aqgan_val_acc`` (AQGAN's choice at the same point and seed; NaN:
+    nothing to match) and ``to_match``: evaluations to match, or, where the search never
+    matched, the evaluations it spent (a lower bound, ``matched`` False)."""
+    key = ["hw", "metric", "budget", "seed"]
+    aqgan = cost.loc[cost["method"] == "aqgan", [*key, "val_acc"]].drop_duplicates(key)
+    rows = cost[cost["method"].isin(BASELINES)].merge(
+        aqgan.rename(columns={"val_acc": "aqgan_val_acc"}), on=key, how="left"
+    )
+    matched = rows["evaluations_to_match"].notna()
+    rows = rows.assign(
+        matched=matched,
+        to_match=rows["evaluations_to_match"].where(matched, rows["evaluations"]),
+        order=rows["method"].map(METHOD_ORDER.index),
+    )
+    return rows.sort_values(["hw", "metric", "budget", "order", "seed"], kind="stable")
+
+
+def match_table(cost: pd.DataFrame) -> pd.DataFrame | None:
+    """``match_rows`` for reading: "> N" where a search never matched (N: what it spent), a
+    break-even from such a lower bound "<= k", "never" where AQGAN never breaks even, and
+    blank where AQGAN chose nothing to match; None where no baseline ran."""
+    rows = match_rows(cost)
+    if not len(rows):
+        return None
+    target = rows["aqgan_val_acc"]
+    out = pd.DataFrame(
+        {"method": rows["method"].to_numpy(), "seed": rows["seed"].to_numpy(),
+         "aqgan val acc": target.to_numpy(), "evaluations": rows["evaluations"].to_numpy()},
+        index=_point_key(rows).to_numpy(),
+    )  # fmt: skip
+    spent = {"evaluations_to_match": "evaluations", "evaluations_to_match_0_5": "evaluations",
+             "eval_cpu_s_to_match": "eval_cpu_s"}  # fmt: skip
+    for column, bound in spent.items():
+        if column in rows:
+            out[column] = [
+                _at_least(value, limit, aim)
+                for value, limit, aim in zip(rows[column], rows[bound], target, strict=True)
+            ]
+    if "break_even_points" in rows:
+        out["break_even_points"] = [
+            _break_even(points, matched)
+            for points, matched in zip(rows["break_even_points"], rows["matched"], strict=True)
+        ]
+    return out
+
+
+def _at_least(value: float, spent: float, target: float) -> str:
+    if pd.isna(target):
+        return ""
+    return f"> {spent:.4g}" if pd.isna(value) else f"{value:.4g}"
+
+
+def _break_even(points: float, matched: bool) -> str:
+    if pd.isna(points):
+        return ""
+    if math.isinf(points):
+        return "never"
+    return f"{points:.3g}" if matched else f"<= {points:.3g}"
 
 
 def tuning_table(cost: pd.DataFrame) -> pd.DataFrame | None:
@@ -192,25 +292,34 @@ def _budget_text(row: pd.Series) -> str:
 
 
 def plot_accuracy_vs_budget(cost: pd.DataFrame, path: Path) -> Path:
+    """Test accuracy against the budget per hardware model: the mean over seeds, with error bars
+    of their standard deviation (none with one seed)."""
     hws = list(dict.fromkeys(cost["hw"]))
     fig, axes = plt.subplots(1, len(hws), figsize=(4.2 * len(hws), 3.6), squeeze=False)
     for ax, hw in zip(axes[0], hws, strict=True):
         sub = cost[cost["hw"] == hw]
         x_col = "budget_fraction" if sub["budget_fraction"].notna().all() else "budget"
         for method in [m for m in METHOD_ORDER if m in set(sub["method"])]:
-            rows = sub[sub["method"] == method].groupby(x_col)["test_acc"].mean().sort_index()
-            ax.plot(rows.index, rows.values, "o-", color=COLORS[method], label=method)
+            rows = sub[sub["method"] == method].groupby(x_col)["test_acc"]
+            mean, std = rows.mean().sort_index(), rows.std().sort_index().fillna(0.0)
+            ax.errorbar(mean.index, mean.values, yerr=std.values, fmt="o-", capsize=3,
+                        color=COLORS[method], label=method)  # fmt: skip
         ax.set_title(f"{hw} ({sub['metric'].iloc[0]})")
         ax.set_xlabel("budget (fraction of all-8-bit)" if x_col == "budget_fraction" else "budget")
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("test accuracy (mean ± std over seeds)")
         ax.grid(alpha=0.3)
-    handles = {}
-    for ax in axes[0]:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(label, handle)
-    axes[0][0].legend(handles.values(), handles.keys(), fontsize=8)
+    axes[0][0].legend(*_legend_entries(axes[0]), fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _legend_entries(axes) -> tuple[list, list[str]]:
+    """Every label drawn on ``axes`` once, in the order first drawn."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    return list(handles.values()), list(handles)
 
 
 def plot_search_cost(cost: pd.DataFrame, path: Path) -> Path:
@@ -255,31 +364,126 @@ def plot_fidelity(fidelity: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def anytime_band(runs: pd.DataFrame) -> pd.DataFrame:
+    """One method's best within budget at one design point per evaluation (1-based index):
+    median, min and max over seeds, kept only where every seed's trace reaches that far and has
+    found a config within budget (no value is carried past a trace's end)."""
+    per_seed = runs.groupby(["index", "seed"])["best_so_far_val_acc"].max().unstack("seed")
+    per_seed = per_seed.dropna(how="any")
+    band = pd.DataFrame(
+        {"median": per_seed.median(axis=1), "low": per_seed.min(axis=1),
+         "high": per_seed.max(axis=1)}
+    )  # fmt: skip
+    band.index = band.index + 1
+    return band
+
+
 def plot_anytime(cost: pd.DataFrame, traces: pd.DataFrame, path: Path) -> Path | None:
-    searching = [name for name, method in METHODS.items() if method.searching]
-    searched = cost[cost["method"].isin(searching)]
-    keys = list(
-        dict.fromkeys(zip(searched["hw"], searched["budget"], searched["seed"], strict=True))
-    )
+    """One panel per design point a searching method ran on: its ``anytime_band``; AQGAN as
+    points at its marginal and amortized evaluations (means over seeds), with a dashed line at
+    its accuracy less ``MATCH_TOLERANCE``; the other one-time methods as small markers."""
+    searched = traces[traces["method"].isin(SEARCHING)]
+    keys = sorted(set(zip(searched["hw"], searched["metric"], searched["budget"], strict=True)))
     if not keys:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
-    for ax, (hw, budget, seed) in zip(axes[0], keys, strict=True):
-        at = traces[(traces["hw"] == hw) & (traces["budget"] == budget) & (traces["seed"] == seed)]
-        for method in [m for m in METHOD_ORDER if m in set(at["method"])]:
-            rows = at[at["method"] == method].sort_values("index")
-            if method == "aqgan":
-                best = rows["best_so_far_val_acc"].max()
-                ax.axhline(best, color=COLORS[method], ls="--", label="aqgan (selected)")
-                continue
-            ax.step(rows["index"] + 1, rows["best_so_far_val_acc"], where="post",
-                    color=COLORS[method], label=method)  # fmt: skip
+    cols = min(3, len(keys))
+    n_rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.6 * cols + 1.8, 3.6 * n_rows), squeeze=False,
+                             layout="constrained")  # fmt: skip
+    flat = list(axes.flat)
+    for ax, (hw, metric, budget) in zip(flat, keys, strict=False):
+        at, point = _at(searched, hw, metric, budget), _at(cost, hw, metric, budget)
+        for method in [m for m in SEARCHING if m in set(at["method"])]:
+            band = anytime_band(at[at["method"] == method])
+            ax.step(band.index, band["median"], where="post", color=COLORS[method], label=method)
+            ax.fill_between(band.index, band["low"], band["high"], step="post",
+                            color=COLORS[method], alpha=0.2, lw=0)  # fmt: skip
+        _one_time_markers(ax, point)
         ax.set_xscale("log")
         ax.set_xlabel("evaluations")
         ax.set_ylabel("best validation accuracy within budget")
-        ax.set_title(f"{hw}, {at['metric'].iloc[0]} <= {budget:.4g}")
+        limit = _budget_text(point.iloc[0]) if len(point) else f"{budget:.4g}"
+        ax.set_title(f"{hw}, {metric} <= {limit}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    for ax in flat[len(keys) :]:
+        ax.set_visible(False)
+    fig.legend(*_legend_entries(flat), loc="outside right upper", fontsize=8)
+    return _save(fig, path)
+
+
+def _at(frame: pd.DataFrame, hw: str, metric: str, budget: float) -> pd.DataFrame:
+    return frame[(frame["hw"] == hw) & (frame["metric"] == metric) & (frame["budget"] == budget)]
+
+
+def _one_time_markers(ax, point: pd.DataFrame) -> None:
+    """AQGAN's choice at one design point (validation accuracy, mean over seeds) at its marginal
+    and amortized evaluations; store-best and the other one-time methods at their evaluations."""
+    aqgan = point[point["method"] == "aqgan"]
+    if aqgan["val_acc"].notna().any():
+        acc, color = aqgan["val_acc"].mean(), COLORS["aqgan"]
+        ax.plot(aqgan["evaluations"].mean(), acc, "o", ms=8, color=color, label="aqgan marginal")
+        ax.plot(aqgan["amortized_evaluations"].mean(), acc, "D", ms=8, mfc="none", mec=color,
+                mew=1.5, label="aqgan amortized")  # fmt: skip
+        ax.axhline(acc - MATCH_TOLERANCE, color=color, ls="--", lw=1,
+                   label=f"aqgan - {MATCH_TOLERANCE:g}")  # fmt: skip
+    for method in [m for m in METHOD_ORDER if METHODS[m].one_time and m != "aqgan"]:
+        rows = point[point["method"] == method]
+        if rows["val_acc"].notna().any():
+            ax.plot(rows["evaluations"].mean(), rows["val_acc"].mean(), "v", ms=6,
+                    color=COLORS[method], label=method)  # fmt: skip
+
+
+def plot_cost_to_match(cost: pd.DataFrame, path: Path) -> Path | None:
+    """Per design point, each searching method's evaluations to match AQGAN's choice (mean over
+    seeds; a seed that never matched counts at what it spent, so that bar is a lower bound,
+    hatched with an arrow up) beside AQGAN's marginal and amortized evaluations; None where no
+    searching method ran where AQGAN chose something."""
+    if "evaluations_to_match" not in cost:
+        return None
+    rows = match_rows(cost)
+    rows = rows[rows["method"].isin(SEARCHING) & rows["aqgan_val_acc"].notna()]
+    if not len(rows):
+        return None
+    rows = rows.assign(point=_point_key(rows))
+    points = list(dict.fromkeys(rows["point"]))
+    aqgan = cost[cost["method"] == "aqgan"]
+    aqgan = aqgan.assign(point=_point_key(aqgan)).groupby("point")
+    methods = [m for m in SEARCHING if m in set(rows["method"])]
+    bars = [
+        *((m, rows[rows["method"] == m].groupby("point"), COLORS[m]) for m in methods),
+        ("aqgan marginal", aqgan, COLORS["aqgan"]),
+        ("aqgan amortized", aqgan, "salmon"),
+    ]
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(points) * len(bars) + 2) + 2.2, 4.0))
+    column = {"aqgan marginal": "evaluations", "aqgan amortized": "amortized_evaluations"}
+    tops = [1.0]
+    for j, (label, groups, color) in enumerate(bars):
+        heights = groups[column.get(label, "to_match")].mean().reindex(points)
+        bound = (
+            ~groups["matched"].all().reindex(points, fill_value=True)
+            if label in methods
+            else pd.Series(False, index=points)
+        )
+        xs = [i + (j - (len(bars) - 1) / 2) * width for i in range(len(points))]
+        for x, height, lower in zip(xs, heights, bound, strict=True):
+            if pd.isna(height):
+                continue
+            ax.bar(x, height, width, color=color, edgecolor="black", lw=0.5,
+                   hatch="//" if lower else None, label=label)  # fmt: skip
+            tops.append(height)
+            if lower:
+                ax.annotate("", xy=(x, height * 2.2), xytext=(x, height),
+                            arrowprops={"arrowstyle": "->", "color": "black"})  # fmt: skip
+    ax.set_xticks(range(len(points)), points, rotation=20, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylim(0.8, max(tops) * 4)
+    ax.set_ylabel("evaluations (mean over seeds)")
+    ax.set_title("evaluations to reach AQGAN's validation accuracy")
+    handles, labels = _legend_entries([ax])
+    lower = Patch(facecolor="white", edgecolor="black", hatch="//")
+    ax.legend([*handles, lower], [*labels, "a seed never matched: lower bound"], fontsize=8,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0))  # fmt: skip
     fig.tight_layout()
     return _save(fig, path)
 
@@ -357,6 +561,9 @@ def build(run_dir: Path) -> Path:
     anytime = plot_anytime(cost, traces, run_dir / "anytime.png")
     if anytime is not None:
         plots["anytime curves"] = anytime
+    to_match = plot_cost_to_match(cost, run_dir / "cost_to_match.png")
+    if to_match is not None:
+        plots["evaluations to match AQGAN"] = to_match
     seeds = sorted(cost["seed"].unique())
     lines = [f"# aqgan-ray report: {summary.get('experiment', run_dir.name)}", ""]
     if summary:
@@ -400,8 +607,11 @@ def build(run_dir: Path) -> Path:
             lines += [f"*Note:* {note}", ""]
     lines += _comparison_sections(cost, chance)
     lines += ["## Per design point", "",
-              "Means over seeds.", "",
-              markdown_table(point_table(cost), "design point"), ""]  # fmt: skip
+              "Evaluations, means over seeds.", "",
+              markdown_table(point_table(cost), "design point"), "",
+              "Validation accuracy (what each search chose on) and test accuracy of the choice, "
+              "mean ± std over the seeds that found a config within budget.", "",
+              markdown_table(accuracy_table(cost), "design point"), ""]  # fmt: skip
     tuning = tuning_table(cost)
     if tuning is not None:
         lines += [
@@ -416,28 +626,40 @@ def build(run_dir: Path) -> Path:
             markdown_table(tuning, "design point"),
             "",
         ]
-    matched = cost[~cost["method"].map(lambda m: METHODS[m].one_time)]
-    if len(matched):
-        lines += [
-            "## Cost to match AQGAN",
-            "",
-            "Evaluations each search needed before its best config within budget first reached "
-            "the validation accuracy AQGAN selected at the same design point and seed (empty: "
-            "never, within its evaluations).",
-            "",
-            markdown_table(
-                matched.set_index(matched["hw"] + " " + matched.apply(_budget_text, axis=1))[
-                    ["method", "seed", "evaluations", "evaluations_to_match"]
-                ],
-                "design point",
-            ),
-            "",
-        ]
+    matched = match_table(cost) if "evaluations_to_match" in cost else None
+    if matched is not None:
+        lines += ["## Cost to match AQGAN", "", *_match_legend(matched), "",
+                  markdown_table(matched, "design point"), ""]  # fmt: skip
     if fidelity is not None and len(fidelity):
         lines += ["## AQGAN fidelity", "", *fidelity_lines(fidelity)]
     for title, path in plots.items():
         lines += [f"## {title[0].upper()}{title[1:]}", "", f"![{title}]({path.name})", ""]
     return write_text(run_dir / "report.md", "\n".join(lines))
+
+
+def _match_legend(matched: pd.DataFrame) -> list[str]:
+    """What the cost-to-match table's columns mean, for the columns it has."""
+    lines = [
+        "Evaluations each search needed before its best config within budget first reached the "
+        "validation accuracy AQGAN selected at the same design point and seed (*aqgan val acc*; "
+        "blank: AQGAN chose nothing there); *> N*: never, within the N it spent."
+    ]
+    if "evaluations_to_match_0_5" in matched:
+        lines[0] += (
+            f" *evaluations_to_match_0_5*: the same, to within {MATCH_TOLERANCE:g} of AQGAN's "
+            "accuracy."
+        )
+    if "eval_cpu_s_to_match" in matched:
+        lines[0] += " *eval_cpu_s_to_match*: the evaluator seconds spent until the match."
+    if "break_even_points" in matched:
+        lines += [
+            "",
+            "*break_even_points*: the design points AQGAN's one-time cost must be shared by "
+            "before AQGAN (that share plus its marginal cost) is cheaper per point than the "
+            "search; *<= k* where the search never matched (its cost to match is then a lower "
+            "bound), *never* where the search costs no more per point than AQGAN's marginal.",
+        ]
+    return lines
 
 
 def _sensitivity_line(passes: list[dict[str, Any]], cost: pd.DataFrame) -> str:
