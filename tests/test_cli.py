@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
+from baselines import METHODS
+
 
 def _ok(proc) -> dict:
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -527,8 +529,7 @@ def test_run_end_to_end_then_resume_reproduces_the_tables(
     out = _inproc_ok(inproc(*args))
     run_dir = results / "smoke"
     cost = pd.read_parquet(out["search_cost"])
-    methods = ["aqgan", "haq", "ilp", "optuna", "random", "store", "uniform"]
-    assert sorted(set(cost["method"])) == methods
+    assert sorted(set(cost["method"])) == sorted(METHODS)  # the tiny preset names none: all
     assert sorted(set(cost["seed"])) == [0, 1]
     assert cost["within_budget"].all() and cost["test_acc"].between(0, 1).all()
     # HAQ's search space for every method: first layer W8 (image unquantized), last W8/A8
@@ -565,6 +566,11 @@ def test_run_end_to_end_then_resume_reproduces_the_tables(
     assert (picks["aqgan"] >= picks["store"]).all()
     aqgan = cost[cost["method"] == "aqgan"]
     assert aqgan["evaluations"].between(1, 2).all()
+    # the ablations: the ranker over the sampler's draws, the generator without the ranker
+    assert (picks["sampler-ranked"] >= picks["store"]).all()
+    assert cost[cost["method"] == "gan-unranked"]["origin"].dropna().eq("generator").all()
+    baselines = cost[cost["method"].isin(["haq", "optuna", "random", "random-sampler"])]
+    assert baselines["break_even_points"].notna().all()
     assert aqgan["origin"].str.split("+").str[0].isin(["generator", "store", "bred"]).all()
     assert (cost[cost["method"] == "haq"]["origin"] == "haq").all()
     seed1 = run_dir / "seed-1"
@@ -600,7 +606,8 @@ def test_run_end_to_end_then_resume_reproduces_the_tables(
     assert code == 0 and json.loads(stdout)["report"] == str(run_dir / "report.md")
     code, stdout, _ = inproc("compare", str(run_dir), str(run_dir), "--json")
     rows = json.loads(stdout)["rows"]
-    assert code == 0 and len(rows) == 14 and {r["method"] for r in rows} >= {"aqgan", "haq", "ilp"}
+    assert code == 0 and len(rows) == 2 * len(METHODS)
+    assert {r["method"] for r in rows} == set(METHODS)
 
 
 def test_run_bad_input(main_error, tmp_path):
