@@ -45,6 +45,8 @@ _EXPORTS = {
     "Proposer": "aqgan_ray.search",
     "DesignPoint": "aqgan_ray.search",
     "run": "aqgan_ray.experiment.runner",
+    "plan": "aqgan_ray.experiment.plan",
+    "Plan": "aqgan_ray.experiment.plan",
     "RunResult": "aqgan_ray.experiment.runner",
 }
 
@@ -54,6 +56,7 @@ __all__ = [
     "DesignPoint",
     "Experiment",
     "Layer",
+    "Plan",
     "Proposal",
     "Proposer",
     "QuantConfig",
@@ -68,6 +71,7 @@ __all__ = [
     "load_experiment",
     "load_generator",
     "parse_budget",
+    "plan",
     "preset_names",
     "run",
 ]
@@ -78,6 +82,7 @@ if TYPE_CHECKING:
     from aqgan_ray.config import QuantConfig
     from aqgan_ray.cost import Budget, CostModel, get_hw_model, parse_budget
     from aqgan_ray.errors import UserError
+    from aqgan_ray.experiment.plan import Plan, plan
     from aqgan_ray.experiment.runner import RunResult, run
     from aqgan_ray.layers import Layer
     from aqgan_ray.search import DesignPoint, Proposer

@@ -295,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="repeat collection, AQGAN and every search per seed, each in its own folder "
         "(default: the preset's [design] seeds)",
     )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="check the design and print the evaluations each method may spend, then stop "
+        "(no data, no training, no Ray)",
+    )
     p = sub.add_parser("report", help="rebuild report.md and its plots from the run's tables")
     _common(p)
     p = sub.add_parser("compare", help="one table across result directories")
@@ -597,6 +603,8 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
         except ValueError:
             msg = f"--seeds {args.seeds!r} is not a comma-separated list of integers"
             raise UserError(msg) from None
+    if args.plan:
+        return _print_plan(exp, args, seeds)
     result = run(
         exp,
         args.results,
@@ -618,6 +626,31 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
         print("\nOn the design points every method ran on (report.md has the rest):")
         print(table.to_string(float_format=lambda v: f"{v:.4g}"))
         print(f"\nsearch cost: {out['search_cost']}\nreport: {out['report']}")
+    return out
+
+
+def _print_plan(exp, args: argparse.Namespace, seeds) -> dict[str, Any]:
+    from aqgan_ray.experiment.plan import plan
+
+    found = plan(exp, args.results, seeds)
+    out = found.to_dict()
+    if not args.json:
+        print(f"{exp.name}: {len(found.points)} design point(s) x {len(found.seeds)} seed(s)")
+        for point in found.points:
+            merged = f" (with {', '.join(point['merged'])})" if point["merged"] else ""
+            print(f"  {point['hw']} {point['budget']}{merged}: {', '.join(point['methods'])}")
+        print(f"at most {found.one_time} one-time evaluations per seed (AQGAN's store, "
+              "refinement, fidelity), then per method, every point and seed:")  # fmt: skip
+        for method, n in found.evaluations.items():
+            print(f"  {method:<15} {n:>8}")
+        print(f"total: at most {found.total} evaluations")
+        if found.eval_s is None:
+            print("no store of this experiment in --results yet: no time estimate "
+                  "(`collect` measures one)")  # fmt: skip
+        else:
+            print(f"at {found.eval_s:.3g} s per evaluation (this experiment's store): "
+                  f"{found.cpu_hours:.3g} evaluator-hours, of which {found.sequential_hours:.3g} "
+                  "h run one at a time (HAQ), whatever the cluster")  # fmt: skip
     return out
 
 
