@@ -27,6 +27,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from aqgan_ray.atomic import read_json, write_atomic, write_text  # noqa: E402
 from aqgan_ray.errors import UserError  # noqa: E402
+from aqgan_ray.experiment.ledger import NEAR  # noqa: E402
 from aqgan_ray.store import read_frame  # noqa: E402
 from baselines import BASELINES, METHODS  # noqa: E402
 
@@ -34,7 +35,7 @@ METHOD_ORDER = tuple(METHODS)
 COLORS = {name: method.color for name, method in METHODS.items()}
 SEARCHING = tuple(name for name, method in METHODS.items() if method.searching)
 # What ``evaluations_to_match_0_5`` allows: AQGAN's selected accuracy less half a point.
-MATCH_TOLERANCE = 0.005
+MATCH_TOLERANCE = NEAR
 
 
 def load_tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None, dict]:
