@@ -24,7 +24,8 @@ Search cost (``search_cost.parquet``, one row per method, design point and seed)
 - ``break_even_points``: on a baseline's row, the number of design points from which AQGAN's
   one-time evaluations plus its marginal ones per point cost less than this baseline's
   evaluations to match per point (``break_even``); from ``evaluations`` where it never matched,
-  an upper bound then; inf where the baseline matched within AQGAN's marginal cost.
+  an upper bound then (NaN for uniform and the ILP, which stop on their own); inf where the
+  baseline matched within AQGAN's marginal cost.
 """
 
 from __future__ import annotations
@@ -179,7 +180,10 @@ def cost_rows(
         matched = not METHODS[method].one_time and target is not None
         to_match = evaluations_to_match(trace, target) if matched else math.nan
         breaks_even = math.nan
-        if matched and "aqgan" in one_time and planned in aqgan_marginal:
+        # a method that stopped on its own (uniform, the ILP) and never matched has no cost to
+        # match, not even a bound: more evaluations would not have been spent
+        bounded = not math.isnan(to_match) or METHODS[method].searching
+        if matched and bounded and "aqgan" in one_time and planned in aqgan_marginal:
             paid = evaluations if math.isnan(to_match) else to_match
             breaks_even = break_even(one_time["aqgan"].evaluations, aqgan_marginal[planned], paid)
         budget = planned.point.budget

@@ -230,11 +230,14 @@ def match_table(cost: pd.DataFrame) -> pd.DataFrame | None:
     )  # fmt: skip
     spent = {"evaluations_to_match": "evaluations", "evaluations_to_match_0_5": "evaluations",
              "eval_cpu_s_to_match": "eval_cpu_s"}  # fmt: skip
+    searching = rows["method"].isin(SEARCHING)
     for column, bound in spent.items():
         if column in rows:
             out[column] = [
-                _at_least(value, limit, aim)
-                for value, limit, aim in zip(rows[column], rows[bound], target, strict=True)
+                _at_least(value, limit, aim, more)
+                for value, limit, aim, more in zip(
+                    rows[column], rows[bound], target, searching, strict=True
+                )
             ]
     if "break_even_points" in rows:
         out["break_even_points"] = [
@@ -244,10 +247,14 @@ def match_table(cost: pd.DataFrame) -> pd.DataFrame | None:
     return out
 
 
-def _at_least(value: float, spent: float, target: float) -> str:
+def _at_least(value: float, spent: float, target: float, searching: bool = True) -> str:
+    """A lower bound ("> N") only for a search that could have gone on; uniform and the ILP
+    stop on their own ("not reached")."""
     if pd.isna(target):
         return ""
-    return f"> {spent:.4g}" if pd.isna(value) else f"{value:.4g}"
+    if pd.isna(value):
+        return f"> {spent:.4g}" if searching else "not reached"
+    return f"{value:.4g}"
 
 
 def _break_even(points: float, matched: bool) -> str:

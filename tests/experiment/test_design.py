@@ -140,6 +140,7 @@ def test_cost_to_match_is_a_lower_bound_when_never_reached_and_looser_by_half_a_
         ("aqgan", point): SearchResult([_row(0, 0.9)], 0, 1, 1.0),
         ("random", point): SearchResult([_row(i, 0.8 + i / 1000) for i in range(5)], 0, 5, 1.0),
         ("optuna", point): SearchResult([_row(0, 0.7), _row(1, 0.896)], 0, 2, 1.0),
+        ("uniform", point): SearchResult([_row(0, 0.7), _row(1, 0.6)], 0, 2, 1.0),
     }
     test_acc = {f"h{i}": 0.9 for i in range(5)}
     rows = {r["method"]: r for r in cost_rows(exp, results, test_acc, {"aqgan": one})}
@@ -150,6 +151,8 @@ def test_cost_to_match_is_a_lower_bound_when_never_reached_and_looser_by_half_a_
     near = rows["optuna"]
     assert math.isnan(near["evaluations_to_match"]) and near["evaluations_to_match_0_5"] == 2
     assert math.isnan(rows["aqgan"]["break_even_points"])
+    # uniform stopped on its own below AQGAN: no cost to match, not even a bound
+    assert math.isnan(rows["uniform"]["break_even_points"])
 
 
 def test_default_design_has_12_distinct_points():
