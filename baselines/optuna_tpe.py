@@ -52,6 +52,9 @@ class OptunaTPE(Proposer):
         storage_path.parent.mkdir(parents=True, exist_ok=True)
         storage = JournalStorage(JournalFileBackend(str(storage_path)))
         self.distributions = self._space(point)
+        self.trials: list[int] = []  # the study's trial number of every trace row, in order
+        self.values: list[float] = []  # and its validation accuracy
+        self._asked: list[int] = []  # trial numbers of the last ask, not told yet
         self.study = optuna.create_study(
             study_name="optuna-tpe",
             storage=storage,
@@ -59,9 +62,6 @@ class OptunaTPE(Proposer):
             direction="maximize",
             load_if_exists=True,
         )
-        self.trials: list[int] = []  # the study's trial number of every trace row, in order
-        self.values: list[float] = []  # and its validation accuracy
-        self._asked: list[int] = []  # trial numbers of the last ask, not told yet
 
     def _seed(self, k: int) -> int:
         return int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0])
@@ -163,14 +163,16 @@ class OptunaTPE(Proposer):
 class OptunaSamplerStart(OptunaTPE):
     """TPE whose start-up trials are the collection sampler's draws within budget
     (``random_sampler.fitting_draw``) instead of uniform random ones: the prior AQGAN's data
-    comes from, so TPE is not handicapped by starting at chance accuracy. Draw ``k`` comes from
-    a sampler seeded by (seed, k) and told nothing, so a resumed search draws it again."""
+    comes from, so TPE is not handicapped by starting at chance accuracy. Start-up is what TPE
+    counts as such, every trial asked while fewer than ``STARTUP_TRIALS`` are complete (a
+    first batch of 64 is 64 of them). Draw ``k`` comes from a sampler seeded by (seed, k) and
+    told nothing, so a resumed search draws it again."""
 
     name = "optuna-sampler"
 
     def _sampler(self, k: int) -> optuna.samplers.BaseSampler:
         tpe = super()._sampler(k)
-        if k >= STARTUP_TRIALS:
+        if len(self.trials) >= STARTUP_TRIALS:  # the checkpoint's count: the journal's too
             return tpe
         from baselines.random_sampler import fitting_draw, sampler_for
 

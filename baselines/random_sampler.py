@@ -1,5 +1,6 @@
 """Random search with AQGAN's prior: the collection sampler (``aqgan_ray.sampling``) run under
-one design point's budget, told the results it paid for, exactly as ``collect`` runs it.
+one design point's budget, told the results it paid for as ``collect`` tells it (without
+``collect``'s reseeding per round: a search's batches are already in a fixed order).
 
 Uniform random bits per layer almost always land at chance accuracy (a few 2- and 3-bit layers
 are enough to break a network), while AQGAN learns from this structured sampler. This variant
@@ -8,8 +9,8 @@ beats it, the generator and its ranker did better than drawing more from AQGAN's
 source at the point itself.
 
 Each proposal is the first of up to ``MAX_DRAWS`` sampler draws that fits (rejection, priced in
-one batch); when none fits, the last is lowered with HAQ's enforcement (``DesignPoint.repair``)
-and counted in ``repaired``. The uniform anchors ``collect`` starts with are left out: uniform
+blocks of ``BLOCK``); when none fits, the last is lowered with HAQ's enforcement
+(``DesignPoint.repair``) and counted in ``repaired``. The uniform anchors ``collect`` starts with are left out: uniform
 quantization is a baseline of its own.
 """
 

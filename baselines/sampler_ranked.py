@@ -3,9 +3,11 @@ projection, filling and verification (``aqgan_ray.aqgan.hw_tune``) over candidat
 the collection sampler (told AQGAN's training rows) in the generator's place, next to the same
 store and bred candidates.
 
-The ablation that says what the generator adds: where AQGAN does no better than this, the
-ranker and the store do the work, not the GAN. Built from AQGAN's checkpoint and training rows,
-so it shares AQGAN's one-time cost.
+The ablation that says what the generator adds *at a design point*: where AQGAN does no better
+than this, the ranker and the store do the work there, not the GAN's samples. The generator is
+not gone altogether: the training rows include active refinement's, which the generator chose,
+and the ranker was trained on them. Built from AQGAN's checkpoint and training rows, so it
+shares AQGAN's one-time cost.
 """
 
 from __future__ import annotations

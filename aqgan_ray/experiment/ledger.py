@@ -25,7 +25,9 @@ Search cost (``search_cost.parquet``, one row per method, design point and seed)
   one-time evaluations plus its marginal ones per point cost less than this baseline's
   evaluations to match per point (``break_even``); from ``evaluations`` where it never matched,
   an upper bound then (NaN for uniform and the ILP, which stop on their own); inf where the
-  baseline matched within AQGAN's marginal cost.
+  baseline matched within AQGAN's marginal cost. ``break_even_points_s`` the same in seconds:
+  AQGAN's one-time evaluator seconds plus its training seconds, its marginal evaluator seconds
+  at the point, and the baseline's evaluator seconds to match.
 """
 
 from __future__ import annotations
@@ -143,6 +145,12 @@ def break_even(one_time: float, marginal: float, per_point: float) -> float:
     return max(1.0, math.ceil(one_time / (per_point - marginal)))
 
 
+def _known(points: float, reached: bool) -> float:
+    """A break-even from a lower bound that AQGAN's marginal cost already exceeds says
+    nothing: unknown (NaN), not never."""
+    return math.nan if not reached and math.isinf(points) else points
+
+
 def cost_rows(
     exp,
     results: dict[tuple[str, Planned], SearchResult],
@@ -157,8 +165,8 @@ def cost_rows(
         for (method, planned), result in results.items()
         if method == "aqgan" and result.best is not None
     }
-    aqgan_marginal = {
-        planned: len(result.trace)
+    aqgan_marginal = {  # (evaluations, evaluator seconds) at each point
+        planned: (len(result.trace), float(sum(r["eval_s"] for r in result.trace)))
         for (method, planned), result in results.items()
         if method == "aqgan"
     }
@@ -179,13 +187,20 @@ def cost_rows(
         target = aqgan_pick.get(planned)
         matched = not METHODS[method].one_time and target is not None
         to_match = evaluations_to_match(trace, target) if matched else math.nan
-        breaks_even = math.nan
+        to_match_s = eval_s_to_match(trace, target) if matched else math.nan
+        breaks_even = breaks_even_s = math.nan
         # a method that stopped on its own (uniform, the ILP) and never matched has no cost to
         # match, not even a bound: more evaluations would not have been spent
         bounded = not math.isnan(to_match) or METHODS[method].searching
         if matched and bounded and "aqgan" in one_time and planned in aqgan_marginal:
-            paid = evaluations if math.isnan(to_match) else to_match
-            breaks_even = break_even(one_time["aqgan"].evaluations, aqgan_marginal[planned], paid)
+            once, (marginal, marginal_s) = one_time["aqgan"], aqgan_marginal[planned]
+            reached = not math.isnan(to_match)
+            paid = to_match if reached else evaluations
+            paid_s = to_match_s if reached else float(sum(r["eval_s"] for r in trace))
+            breaks_even = _known(break_even(once.evaluations, marginal, paid), reached)
+            breaks_even_s = _known(
+                break_even(once.eval_cpu_s + once.train_s, marginal_s, paid_s), reached
+            )
         budget = planned.point.budget
         rows.append(
             {
@@ -208,8 +223,9 @@ def cost_rows(
                 "evaluations_to_match_0_5": (
                     evaluations_to_match(trace, target - NEAR) if matched else math.nan
                 ),
-                "eval_cpu_s_to_match": eval_s_to_match(trace, target) if matched else math.nan,
+                "eval_cpu_s_to_match": to_match_s,
                 "break_even_points": breaks_even,
+                "break_even_points_s": breaks_even_s,
                 "config_hash": None if best is None else best["config_hash"],
                 "w_bits": None if best is None else best["w_bits"],
                 "a_bits": None if best is None else best["a_bits"],

@@ -67,3 +67,16 @@ def test_the_sampler_variant_starts_from_the_collection_samplers_fitting_draws(p
     again = OptunaSamplerStart(point, seed=2, storage_path=tmp_path / "b.journal")
     again.committed()
     assert again.ask(STARTUP_TRIALS + 2) == configs
+
+
+def test_a_first_batch_larger_than_the_start_up_is_drawn_from_the_sampler_whole(point, tmp_path):
+    """TPE draws at random until ten trials are complete: with a batch of 16 all 16 are start-up
+    trials, so all come from the collection sampler."""
+    from baselines.optuna_tpe import OptunaSamplerStart
+    from baselines.random_sampler import fitting_draw, sampler_for
+
+    tpe = OptunaSamplerStart(point, seed=5, storage_path=tmp_path / "a.journal")
+    tpe.committed()
+    configs = tpe.ask(16)
+    expected = [fitting_draw(sampler_for(point, tpe._seed(k)), point)[0] for k in range(16)]
+    assert configs == expected

@@ -110,6 +110,7 @@ def test_one_time_cost_is_shared_by_the_design_points_aqgan_served(smoke_layers)
     assert haq["evaluations_to_match"] == 2  # reached AQGAN's 0.8 at its second evaluation
     assert haq["evaluations_to_match_0_5"] == 2 and haq["eval_cpu_s_to_match"] == 4.0
     assert haq["break_even_points"] == math.inf  # matched within AQGAN's own 2 evaluations
+    assert haq["break_even_points_s"] == math.inf
     assert math.isnan(haq["decide_s"])  # HAQ does not report it
     ilp = by[("ilp", 0.4)]
     assert ilp["evaluations"] == 1 and ilp["amortized_evaluations"] == 1 + 3.0 / 2
@@ -141,6 +142,7 @@ def test_cost_to_match_is_a_lower_bound_when_never_reached_and_looser_by_half_a_
         ("random", point): SearchResult([_row(i, 0.8 + i / 1000) for i in range(5)], 0, 5, 1.0),
         ("optuna", point): SearchResult([_row(0, 0.7), _row(1, 0.896)], 0, 2, 1.0),
         ("uniform", point): SearchResult([_row(0, 0.7), _row(1, 0.6)], 0, 2, 1.0),
+        ("haq", point): SearchResult([_row(0, 0.5)], 0, 1, 1.0),
     }
     test_acc = {f"h{i}": 0.9 for i in range(5)}
     rows = {r["method"]: r for r in cost_rows(exp, results, test_acc, {"aqgan": one})}
@@ -148,9 +150,13 @@ def test_cost_to_match_is_a_lower_bound_when_never_reached_and_looser_by_half_a_
     assert math.isnan(never["evaluations_to_match"]) and math.isnan(never["eval_cpu_s_to_match"])
     assert math.isnan(never["evaluations_to_match_0_5"])
     assert never["break_even_points"] == 10  # from its 5 evaluations: 40 / (5 - 1), at most
+    # in seconds: 40 s collected + 1 s training over (5 x 2 s - 2 s) per point
+    assert never["break_even_points_s"] == 6
     near = rows["optuna"]
     assert math.isnan(near["evaluations_to_match"]) and near["evaluations_to_match_0_5"] == 2
     assert math.isnan(rows["aqgan"]["break_even_points"])
+    # one evaluation, no match, as many as AQGAN's: a bound that says nothing (unknown)
+    assert math.isnan(rows["haq"]["break_even_points"])
     # uniform stopped on its own below AQGAN: no cost to match, not even a bound
     assert math.isnan(rows["uniform"]["break_even_points"])
 
