@@ -10,8 +10,8 @@ source at the point itself.
 
 Each proposal is the first of up to ``MAX_DRAWS`` sampler draws that fits (rejection, priced in
 blocks of ``BLOCK``); when none fits, the last is lowered with HAQ's enforcement
-(``DesignPoint.repair``) and counted in ``repaired``. The uniform anchors ``collect`` starts with are left out: uniform
-quantization is a baseline of its own.
+(``DesignPoint.repair``) and counted in ``repaired``. The uniform anchors ``collect`` starts
+with are left out: uniform quantization is a baseline of its own.
 """
 
 from __future__ import annotations
